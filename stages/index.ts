@@ -1,0 +1,10 @@
+// Every stage type `uses:` can name. Stage modules are cheap to import (heavy packages are
+// imported inside run()), so loading this list costs milliseconds.
+import type { StageType } from '../runner/stage-type.js';
+import command from './command.js';
+
+export const stageTypes: StageType[] = [command];
+
+export function stageRegistry(): Map<string, StageType> {
+  return new Map(stageTypes.map((t) => [t.name, t]));
+}
