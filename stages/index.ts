@@ -2,8 +2,10 @@
 // imported inside run()), so loading this list costs milliseconds.
 import type { StageType } from '../runner/stage-type.js';
 import command from './command.js';
+import synthesizeImdbWiki from './synthesize-imdb-wiki.js';
+import composeImdbWiki from './compose-imdb-wiki.js';
 
-export const stageTypes: StageType[] = [command];
+export const stageTypes: StageType[] = [command, synthesizeImdbWiki, composeImdbWiki];
 
 export function stageRegistry(): Map<string, StageType> {
   return new Map(stageTypes.map((t) => [t.name, t]));

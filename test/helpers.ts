@@ -70,3 +70,9 @@ export function hasCommand(cmd: string): boolean {
 }
 
 export { existsSync };
+
+/** A python3 that can import scipy (Debian's python3-scipy lives under /usr/bin; a pyenv
+ * python3 may come first on PATH without it), or undefined. */
+export const scipyPython: string | undefined = ['/usr/bin/python3', 'python3'].find(
+  (py) => spawnSync(py, ['-c', 'import scipy.io'], { encoding: 'utf8' }).status === 0,
+);
