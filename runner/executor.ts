@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import PQueue from 'p-queue';
 import { sha256, canonicalJson, type CacheKey } from '../artifacts/digest.js';
-import { atomicWrite, type Manifest, type Store } from '../artifacts/store.js';
+import { atomicWrite, removeTree, type Manifest, type Store } from '../artifacts/store.js';
 import type { Experiment, StageInstance } from './config.js';
 import type { RunEvents, StageStatus } from './events.js';
 import { explainChange, keyFields, keyOf, type KeyFields } from './fingerprint.js';
@@ -93,6 +93,8 @@ export async function runExperiments(experiments: Experiment[], opts: RunOptions
   const execute = async (exp: Experiment, inst: StageInstance, key: CacheKey, fields: KeyFields, ups: NodeResult[]): Promise<Produced> => {
     events.emit({ type: 'stage-start', experiment: exp.name, stage: inst.name, key });
     const work = await store.makeWorkDir(inst.name);
+    const stateDir = join(store.root, 'state', key);
+    await fs.mkdir(stateDir, { recursive: true });
     const outDir = join(work, 'out');
     const logLines: string[] = [];
     const startedAt = new Date();
@@ -107,6 +109,7 @@ export async function runExperiments(experiments: Experiment[], opts: RunOptions
       inputs,
       outDir,
       scratchDir: join(work, 'scratch'),
+      stateDir,
       projectRoot: opts.projectRoot,
       signal,
       log: (line: string) => {
@@ -144,6 +147,7 @@ export async function runExperiments(experiments: Experiment[], opts: RunOptions
         startedAt: startedAt.toISOString(),
         seconds: (performance.now() - t0) / 1000,
       });
+      await removeTree(stateDir);
       return { ok: true, ran: true, manifest, by: exp.name };
     } catch (err) {
       const message = signal.aborted ? 'aborted' : errorText(err);

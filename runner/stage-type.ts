@@ -29,6 +29,9 @@ export interface StageContext<S = Record<string, unknown>> {
   readonly outDir: string;
   /** Scratch directory removed after the stage, never published. */
   readonly scratchDir: string;
+  /** Directory for checkpoints: it survives a failed or interrupted attempt of this same key
+   * (so a rerun can resume) and is removed once the result is published. Never a result. */
+  readonly stateDir: string;
   /** Project root (where relative paths in settings were resolved from). */
   readonly projectRoot: string;
   /** Report progress: `done` of `total` `unit`s (total may be unknown). */

@@ -4,8 +4,11 @@ import type { StageType } from '../runner/stage-type.js';
 import command from './command.js';
 import synthesizeImdbWiki from './synthesize-imdb-wiki.js';
 import composeImdbWiki from './compose-imdb-wiki.js';
+import trainGridModel from './train-grid-model.js';
+import trainCropBaselines from './train-crop-baselines.js';
+import evaluate from './evaluate.js';
 
-export const stageTypes: StageType[] = [command, synthesizeImdbWiki, composeImdbWiki];
+export const stageTypes: StageType[] = [command, synthesizeImdbWiki, composeImdbWiki, trainGridModel, trainCropBaselines, evaluate];
 
 export function stageRegistry(): Map<string, StageType> {
   return new Map(stageTypes.map((t) => [t.name, t]));

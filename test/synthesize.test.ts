@@ -36,6 +36,7 @@ function makeCtx<S>(settings: S, outDir: string, logs: string[] = []): StageCont
     inputs: {},
     outDir,
     scratchDir: tempDir('scratch'),
+    stateDir: tempDir('state'),
     projectRoot: repoRoot,
     progress() {},
     log(line: string) { logs.push(line); },

@@ -9,17 +9,8 @@ import { pipeline } from 'node:stream/promises';
 
 // ---------------------------------------------------------------- random numbers
 
-/** mulberry32: tiny, fast, good enough for pictures; state is one 32-bit integer. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from './random.js';
+export { mulberry32 };
 
 /** Mix several integers into one 32-bit seed, so each row gets its own independent stream. */
 export function mixSeed(...parts: number[]): number {

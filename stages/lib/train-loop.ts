@@ -1,0 +1,188 @@
+// The training loop shared by the grid model and the crop classifiers: Adam, a batch that
+// is a pure function of (seed, step) so that training can stop anywhere and resume exactly,
+// checkpoints every N steps into the stage's state dir, loss curves per term.
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type * as TF from '@tensorflow/tfjs';
+
+type Tf = typeof import('@tensorflow/tfjs');
+
+export interface Batch {
+  x: TF.Tensor;
+  y: TF.Tensor;
+}
+
+export interface TrainLoopOptions<Term extends string> {
+  tf: Tf;
+  model: TF.LayersModel;
+  steps: number;
+  learningRate: number;
+  /** Builds the batch of a step; must depend only on the step (and fixed seeds). */
+  makeBatch: (step: number) => Promise<Batch>;
+  loss: (pred: TF.Tensor, y: TF.Tensor) => { total: TF.Scalar; terms: Record<Term, TF.Scalar> };
+  terms: readonly Term[];
+  /** Where checkpoints live (survives interrupted attempts); undefined = no checkpoints. */
+  stateDir?: string;
+  checkpointEvery: number;
+  /** Loss curve resolution: mean of the terms over each window of this many steps. */
+  logEvery: number;
+  signal?: AbortSignal;
+  progress?: (done: number, total: number) => void;
+  log?: (line: string) => void;
+  /** Stop after this step (tests use it to simulate an interruption). */
+  stopAfter?: number;
+}
+
+export interface Curves {
+  step: number[];
+  total: number[];
+  [term: string]: number[];
+}
+
+export interface TrainResult {
+  curves: Curves;
+  resumedFrom: number;
+  stepsRun: number;
+  secondsPerStep: number;
+}
+
+interface Checkpoint {
+  step: number;
+  curves: Curves;
+  window: Record<string, number>;
+  windowSteps: number;
+  weights: { name: string; shape: number[]; dtype: string; offset: number; length: number }[];
+  optimizer: { name: string; shape: number[]; dtype: string; offset: number; length: number }[];
+}
+
+export async function trainLoop<Term extends string>(o: TrainLoopOptions<Term>): Promise<TrainResult> {
+  const { tf, model } = o;
+  const optimizer = tf.train.adam(o.learningRate);
+  const vars = model.trainableWeights.map((w) => (w as unknown as { val: TF.Variable }).val);
+  let curves: Curves = { step: [], total: [], ...Object.fromEntries(o.terms.map((t) => [t, [] as number[]])) } as Curves;
+  let window: Record<string, number> = {};
+  let windowSteps = 0;
+  let start = 0;
+  const restored = o.stateDir ? await loadCheckpoint(tf, o.stateDir, model, optimizer) : undefined;
+  if (restored) {
+    start = restored.step;
+    curves = restored.curves;
+    window = restored.window;
+    windowSteps = restored.windowSteps;
+    o.log?.(`resumed from checkpoint at step ${start} of ${o.steps}`);
+  }
+  const t0 = performance.now();
+  let next = start < o.steps ? o.makeBatch(start) : undefined;
+  let step = start;
+  for (; step < o.steps; step++) {
+    o.signal?.throwIfAborted();
+    const batch = await next!;
+    // Decode the next batch (sharp, off the main thread) while this step trains.
+    next = step + 1 < o.steps ? o.makeBatch(step + 1) : undefined;
+    let termTensors: Record<string, TF.Scalar> = {};
+    const total = optimizer.minimize(
+      () => {
+        const pred = model.apply(batch.x, { training: true }) as TF.Tensor;
+        const { total, terms } = o.loss(pred, batch.y);
+        termTensors = Object.fromEntries(Object.entries(terms).map(([k, v]) => [k, tf.keep(v as TF.Scalar)]));
+        return total;
+      },
+      true,
+      vars,
+    )!;
+    const values = await Promise.all([total, ...Object.values(termTensors)].map((t) => t.data()));
+    tf.dispose([total, ...Object.values(termTensors), batch.x, batch.y]);
+    const names = ['total', ...Object.keys(termTensors)];
+    names.forEach((n, i) => (window[n] = (window[n] ?? 0) + values[i]![0]!));
+    windowSteps++;
+    if (!Number.isFinite(values[0]![0]!)) throw new Error(`loss is ${values[0]![0]} at step ${step + 1}: lower learning_rate or check the data`);
+    const done = step + 1;
+    if (windowSteps >= o.logEvery || done === o.steps) {
+      curves.step.push(done);
+      for (const n of names) (curves[n] ??= []).push(window[n]! / windowSteps);
+      window = {};
+      windowSteps = 0;
+    }
+    o.progress?.(done, o.steps);
+    if (o.stateDir && o.checkpointEvery > 0 && done % o.checkpointEvery === 0 && done < o.steps) {
+      await saveCheckpoint(tf, o.stateDir, { step: done, curves, window, windowSteps }, model, optimizer);
+    }
+    if (o.stopAfter !== undefined && done >= o.stopAfter) {
+      step++;
+      break;
+    }
+    // Let progress events and signals through between steps.
+    await new Promise((r) => setImmediate(r));
+  }
+  if (next) tf.dispose(Object.values(await next));
+  optimizer.dispose();
+  const stepsRun = step - start;
+  return { curves, resumedFrom: start, stepsRun, secondsPerStep: stepsRun ? (performance.now() - t0) / 1000 / stepsRun : 0 };
+}
+
+async function tensorsToBuffer(tensors: { name: string; tensor: TF.Tensor }[]) {
+  const parts: Buffer[] = [];
+  const index: Checkpoint['weights'] = [];
+  let offset = 0;
+  for (const { name, tensor } of tensors) {
+    const data = await tensor.data();
+    const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    index.push({ name, shape: tensor.shape, dtype: tensor.dtype, offset, length: buf.length });
+    parts.push(Buffer.from(buf));
+    offset += buf.length;
+  }
+  return { index, data: Buffer.concat(parts) };
+}
+
+async function saveCheckpoint(
+  tf: Tf,
+  dir: string,
+  state: Pick<Checkpoint, 'step' | 'curves' | 'window' | 'windowSteps'>,
+  model: TF.LayersModel,
+  optimizer: TF.AdamOptimizer,
+): Promise<void> {
+  const w = await tensorsToBuffer(model.weights.map((v, i) => ({ name: `${i}`, tensor: v.read() })));
+  const opt = await tensorsToBuffer(await optimizer.getWeights());
+  await fs.mkdir(dir, { recursive: true });
+  // Data files first, the index last (renamed into place): a crash mid-save leaves the previous checkpoint.
+  const tag = state.step;
+  await fs.writeFile(join(dir, `weights-${tag}.bin`), w.data);
+  await fs.writeFile(join(dir, `optimizer-${tag}.bin`), opt.data);
+  const ckpt: Checkpoint & { files: string[] } = { ...state, weights: w.index, optimizer: opt.index, files: [`weights-${tag}.bin`, `optimizer-${tag}.bin`] };
+  await fs.writeFile(join(dir, 'checkpoint.json.tmp'), JSON.stringify(ckpt));
+  await fs.rename(join(dir, 'checkpoint.json.tmp'), join(dir, 'checkpoint.json'));
+  for (const f of await fs.readdir(dir)) {
+    if (/^(weights|optimizer)-\d+\.bin$/.test(f) && !ckpt.files.includes(f)) await fs.unlink(join(dir, f)).catch(() => {});
+  }
+  void tf;
+}
+
+async function loadCheckpoint(
+  tf: Tf,
+  dir: string,
+  model: TF.LayersModel,
+  optimizer: TF.AdamOptimizer,
+): Promise<Pick<Checkpoint, 'step' | 'curves' | 'window' | 'windowSteps'> | undefined> {
+  let ckpt: Checkpoint & { files: string[] };
+  try {
+    ckpt = JSON.parse(await fs.readFile(join(dir, 'checkpoint.json'), 'utf8'));
+  } catch {
+    return undefined;
+  }
+  const wData = await fs.readFile(join(dir, ckpt.files[0]!));
+  const oData = await fs.readFile(join(dir, ckpt.files[1]!));
+  const toTensor = (buf: Buffer, e: Checkpoint['weights'][number]) => {
+    const slice = buf.subarray(e.offset, e.offset + e.length);
+    const copy = new Uint8Array(slice).buffer;
+    const arr = e.dtype === 'int32' ? new Int32Array(copy) : new Float32Array(copy);
+    return tf.tensor(arr, e.shape, e.dtype as TF.DataType);
+  };
+  if (ckpt.weights.length !== model.weights.length) {
+    throw new Error(`checkpoint in ${dir} has ${ckpt.weights.length} weights, the model ${model.weights.length}: settings changed under the same key?`);
+  }
+  const weights = ckpt.weights.map((e) => toTensor(wData, e));
+  model.setWeights(weights);
+  tf.dispose(weights);
+  await optimizer.setWeights(ckpt.optimizer.map((e) => ({ name: e.name, tensor: toTensor(oData, e) })));
+  return ckpt;
+}

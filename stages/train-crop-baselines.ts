@@ -1,0 +1,115 @@
+// train-crop-baselines: the seed's separate classifiers on face crops (one per task, each its
+// own stage instance and cached artifact): 60x60 input, blocks of one 3x3 conv + 2x2 pool
+// (10/13/16/19 filters), a dense ReLU layer, softmax. Reads the `crop` stage's TFRecords.
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type { StageContext, StageType } from '../runner/stage-type.js';
+
+export interface CropTrainSettings {
+  task: 'gender' | 'age';
+  steps: number;
+  batch_size: number;
+  learning_rate: number;
+  seed: number;
+  backend: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
+  filters: number[][];
+  dense_units: number;
+  checkpoint_every: number;
+  log_every: number;
+}
+
+export const CLASSES = { gender: 2, age: 7 } as const;
+
+async function run(ctx: StageContext<CropTrainSettings>) {
+  const s = ctx.settings;
+  const { initBackend, backendRecord } = await import('./lib/tf-backend.js');
+  const { tf, info } = await initBackend(s.backend, { log: ctx.log });
+  const ds = await import('./lib/face-dataset.js');
+  const { trainLoop } = await import('./lib/train-loop.js');
+  const { saveModel } = await import('./lib/tf-model-io.js');
+  const { buildClassifier, labelOf } = await import('./lib/classifier-net.js');
+
+  let cropDir: string | undefined;
+  for (const dir of Object.values(ctx.inputs)) if ((await fs.readdir(dir)).some((f) => /^train-.*\.tfrecord$/.test(f))) cropDir = dir;
+  if (!cropDir) throw new Error(`${ctx.stageName}: needs a \`crop\` stage that provides train-*.tfrecord crops`);
+  const all = await ds.loadRecords(await ds.shardFiles(cropDir, 'train'), ctx.signal);
+  const records = all.filter((r) => labelOf(r, s.task) >= 0);
+  if (records.length === 0) throw new Error(`no labelled ${s.task} crops in ${cropDir}`);
+  const size = records[0]!.width;
+  const classes = CLASSES[s.task];
+  ctx.log(`backend ${info.name} (${info.package} ${info.version}); ${records.length} ${size}x${size} crops; task ${s.task} (${classes} classes)`);
+  const model = buildClassifier(tf, { inputSize: size, filters: s.filters, denseUnits: s.dense_units, classes, seed: s.seed });
+  const result = await trainLoop({
+    tf,
+    model,
+    steps: s.steps,
+    learningRate: s.learning_rate,
+    makeBatch: async (step) => {
+      const batch = ds.sampleBatch(records.length, s.batch_size, s.seed, step).map((i) => records[i]!);
+      const pixels = await ds.decodeBatch(batch, size);
+      const labels = batch.map((r) => labelOf(r, s.task));
+      return { x: tf.tensor4d(pixels, [batch.length, size, size, 3]), y: tf.oneHot(tf.tensor1d(labels, 'int32'), classes) };
+    },
+    loss: (pred, y) => {
+      const ce = tf.losses.softmaxCrossEntropy(y, pred) as import('@tensorflow/tfjs').Scalar;
+      return { total: ce, terms: { cross_entropy: ce } };
+    },
+    terms: ['cross_entropy'] as const,
+    stateDir: ctx.stateDir,
+    checkpointEvery: s.checkpoint_every,
+    logEvery: s.log_every,
+    signal: ctx.signal,
+    progress: (d, t) => ctx.progress(d, t, 'steps'),
+    log: ctx.log,
+  });
+  const backend = backendRecord(info);
+  await saveModel(tf, model, join(ctx.outDir, 'model'), { task: s.task, backend });
+  model.dispose();
+  const labels = s.task === 'gender' ? ['female', 'male'] : Array.from({ length: 7 }, (_, i) => `${10 + 10 * i}-${19 + 10 * i}`);
+  await fs.writeFile(join(ctx.outDir, 'classifier.json'), JSON.stringify({ task: s.task, classes, labels, inputSize: size, input: { scale: 1 / 255, channelsOrder: 'RGB' } }, null, 2));
+  await fs.writeFile(
+    join(ctx.outDir, 'metrics.json'),
+    JSON.stringify({
+      backend,
+      task: s.task,
+      steps: s.steps,
+      resumed_from: result.resumedFrom,
+      train_images: records.length,
+      seconds_per_step: result.secondsPerStep,
+      final_loss: result.curves.total.at(-1) ?? null,
+      loss_curves: result.curves,
+    }),
+  );
+}
+
+export default {
+  name: 'train-crop-baselines',
+  description: 'Train the seed\'s separate gender or age classifier on face crops (baseline)',
+  module: import.meta.url,
+  schema: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['task'],
+    properties: {
+      task: { enum: ['gender', 'age'], description: 'which classifier this instance trains' },
+      steps: { type: 'integer', minimum: 1, default: 5000 },
+      batch_size: { type: 'integer', minimum: 1, default: 200 },
+      learning_rate: { type: 'number', exclusiveMinimum: 0, default: 0.0008 },
+      seed: { type: 'integer', default: 1 },
+      backend: { enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto' },
+      filters: {
+        type: 'array',
+        items: { type: 'array', minItems: 1, items: { type: 'integer', minimum: 1 } },
+        minItems: 1,
+        default: [[10], [13], [16], [19]],
+        description: 'conv filters per block (one 3x3 conv each in the seed); set to the grid model\'s to pretrain its backbone',
+      },
+      dense_units: { type: 'integer', minimum: 1, default: 64 },
+      checkpoint_every: { type: 'integer', minimum: 0, default: 500 },
+      log_every: { type: 'integer', minimum: 1, default: 10 },
+    },
+  },
+  volatileSettings: ['backend'],
+  resources: { cpu: 2, gpu: 1, memoryMb: 2048 },
+  run,
+} satisfies StageType<CropTrainSettings>;
