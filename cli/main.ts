@@ -11,6 +11,9 @@ import { planExperiments, runExperiments, type PlanEntry } from '../runner/execu
 import { stageRegistry } from '../stages/index.js';
 import { jsonReporter, plainReporter, ttyReporter } from './reporters.js';
 import { compareExperiments, printCompareTable } from './compare.js';
+import { UsageError } from './errors.js';
+
+export { UsageError };
 
 const HELP = `pipe — declarative, reproducible ML experiments
 
@@ -205,7 +208,6 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-export class UsageError extends Error {}
 
 function printPlan(plan: PlanEntry[], json: boolean): number {
   const out = (line: string) => process.stdout.write(`${line}\n`);

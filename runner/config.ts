@@ -343,6 +343,16 @@ function applySet(loader: Loader, draft: Draft, dotted: string, value: unknown, 
     loader.error(origin.keyLoc, 'expected `stage.setting` (a dotted path into the stage\'s `with:`)', dotted);
     return;
   }
+  if (rest.length === 1 && rest[0] === 'needs') {
+    // An experiment may rewire what a stage reads (e.g. pretraining from a classifier).
+    if (!Array.isArray(value) || value.some((v) => typeof v !== 'string')) {
+      loader.error(origin.loc, 'expected a list of stage names', dotted);
+      return;
+    }
+    stage.needs = [...(value as string[])];
+    stage.needsLocs = stage.needs.map(() => origin.loc);
+    return;
+  }
   let target = stage.with;
   for (let i = 0; i < rest.length - 1; i++) {
     const k = rest[i]!;

@@ -142,7 +142,14 @@ async function saveCheckpoint(
   optimizer: TF.AdamOptimizer,
 ): Promise<void> {
   const w = await tensorsToBuffer(model.weights.map((v, i) => ({ name: `${i}`, tensor: v.read() })));
-  const opt = await tensorsToBuffer(await optimizer.getWeights());
+  // tfjs recomputes Adam's β^t as pow(β, t) on restore, while training multiplies step by step;
+  // the two differ in the last bits. Saving the running products keeps a resume bit-exact.
+  const acc = optimizer as unknown as { accBeta1: TF.Variable; accBeta2: TF.Variable };
+  const opt = await tensorsToBuffer([
+    ...(await optimizer.getWeights()),
+    { name: 'accBeta1', tensor: acc.accBeta1 },
+    { name: 'accBeta2', tensor: acc.accBeta2 },
+  ]);
   await fs.mkdir(dir, { recursive: true });
   // Data files first, the index last (renamed into place): a crash mid-save leaves the previous checkpoint.
   const tag = state.step;
@@ -183,6 +190,13 @@ async function loadCheckpoint(
   const weights = ckpt.weights.map((e) => toTensor(wData, e));
   model.setWeights(weights);
   tf.dispose(weights);
-  await optimizer.setWeights(ckpt.optimizer.map((e) => ({ name: e.name, tensor: toTensor(oData, e) })));
+  const accEntries = ckpt.optimizer.filter((e) => e.name === 'accBeta1' || e.name === 'accBeta2');
+  await optimizer.setWeights(ckpt.optimizer.filter((e) => !accEntries.includes(e)).map((e) => ({ name: e.name, tensor: toTensor(oData, e) })));
+  const acc = optimizer as unknown as Record<string, TF.Variable>;
+  for (const e of accEntries) {
+    const t = toTensor(oData, e);
+    acc[e.name]!.assign(t);
+    t.dispose();
+  }
   return ckpt;
 }
