@@ -162,10 +162,12 @@ export async function runExperiments(experiments: Experiment[], opts: RunOptions
   };
 
   const processNode = async (exp: Experiment, inst: StageInstance): Promise<NodeResult> => {
-    const t0 = performance.now();
     const ups = await Promise.all(inst.needs.map((n) => nodes.get(nodeId(exp.name, n))!));
+    // Timed from when its inputs are ready: a stage's seconds exclude waiting for upstream.
+    const t0 = performance.now();
     const finish = (r: Omit<NodeResult, 'experiment' | 'stage' | 'seconds'>, sharedWith?: string): NodeResult => {
-      const result = { experiment: exp.name, stage: inst.name, seconds: (performance.now() - t0) / 1000, ...r };
+      const ran = r.status === 'ran' && r.manifest;
+      const result = { experiment: exp.name, stage: inst.name, seconds: ran ? r.manifest!.seconds : (performance.now() - t0) / 1000, ...r };
       events.emit({
         type: 'stage-end',
         experiment: exp.name,
