@@ -52,12 +52,20 @@ function packageName(spec: string): string {
   return spec.startsWith('@') ? parts.slice(0, 2).join('/') : parts[0]!;
 }
 
+const versionCache = new Map<string, string>();
+
 function packageVersion(projectRoot: string, name: string): string {
-  try {
-    return JSON.parse(readFileSync(join(projectRoot, 'node_modules', name, 'package.json'), 'utf8')).version ?? '?';
-  } catch {
-    return 'absent';
+  const file = join(projectRoot, 'node_modules', name, 'package.json');
+  let v = versionCache.get(file);
+  if (v === undefined) {
+    try {
+      v = JSON.parse(readFileSync(file, 'utf8')).version ?? '?';
+    } catch {
+      v = 'absent';
+    }
+    versionCache.set(file, v!);
   }
+  return v!;
 }
 
 /** Files (project-relative) that make up a module's code, for `plan` explanations and tests. */

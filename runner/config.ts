@@ -4,7 +4,7 @@
 //   validate  each stage's settings against its type's JSON Schema (ajv), defaults filled
 //   graph     needs → DAG; cycles reported as the path of stage names
 // Every problem found is collected; nothing runs unless the list is empty.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, extname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { LineCounter, parseDocument, isMap, isSeq, isScalar, type Document, type Node } from 'yaml';
 import { parse as parseYamlValue } from 'yaml';
@@ -41,6 +41,8 @@ export interface Experiment {
   stages: Map<string, StageInstance>;
   /** Stage names, dependencies first. */
   order: string[];
+  /** Paths listed under `requires:` that do not exist: the experiment cannot run here. */
+  unavailable: string[];
 }
 
 export interface LoadOptions {
@@ -155,10 +157,11 @@ interface Draft {
   paramOrigins: Map<string, Origin>;
   stages: Map<string, StageDraft>;
   overrides: Record<string, unknown>;
+  requires: string[];
 }
 
 const PIPELINE_KEYS = ['description', 'params', 'stages'];
-const EXPERIMENT_KEYS = ['description', 'extends', 'set', 'matrix'];
+const EXPERIMENT_KEYS = ['description', 'extends', 'set', 'matrix', 'requires'];
 const STAGE_KEYS = ['uses', 'needs', 'with', 'description'];
 const STAGE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_-]*$/;
 
@@ -235,6 +238,14 @@ function resolveDraft(loader: Loader, path: string, chain: string[], from?: Sour
   draft.stages = new Map([...parent.stages].map(([k, s]) => [k, { ...s, with: clone(s.with), origins: new Map(s.origins) }]));
   draft.params = clone(parent.params);
   draft.paramOrigins = new Map(parent.paramOrigins);
+  draft.requires = [...parent.requires];
+  if (data.requires !== undefined && data.requires !== null) {
+    // Data not everyone has (the real IMDB-WIKI download): without it the experiment is
+    // reported as unavailable instead of failing a sweep.
+    if (!Array.isArray(data.requires) || data.requires.some((r) => typeof r !== 'string')) {
+      loader.error(loader.loc(file, ['requires']), 'expected a list of paths (relative to this file)', 'requires');
+    } else draft.requires.push(...(data.requires as string[]).map((r) => resolve(dirname(abs), r)));
+  }
   if (data.set !== undefined && data.set !== null) {
     if (!isObject(data.set)) loader.error(loader.loc(file, ['set']), 'expected a mapping of `stage.dotted.path: value`', 'set');
     else {
@@ -256,6 +267,7 @@ function readPipeline(loader: Loader, file: LoadedFile, data: Record<string, unk
     paramOrigins: new Map(),
     stages: new Map(),
     overrides: {},
+    requires: [],
   };
   if (data.params !== undefined && data.params !== null) {
     if (!isObject(data.params)) loader.error(loader.loc(file, ['params']), 'expected a mapping of param names to values', 'params');
@@ -341,6 +353,17 @@ function applySet(loader: Loader, draft: Draft, dotted: string, value: unknown, 
   }
   if (rest.length === 0) {
     loader.error(origin.keyLoc, 'expected `stage.setting` (a dotted path into the stage\'s `with:`)', dotted);
+    return;
+  }
+  if (rest.length === 1 && rest[0] === 'uses') {
+    // An experiment may swap a stage's type (e.g. a dataset built from real faces instead of
+    // synthesized ones); its settings are then validated against the new type's schema.
+    if (typeof value !== 'string') {
+      loader.error(origin.loc, 'expected a stage type name', dotted);
+      return;
+    }
+    stage.uses = value;
+    stage.usesLoc = origin.loc;
     return;
   }
   if (rest.length === 1 && rest[0] === 'needs') {
@@ -575,6 +598,7 @@ function finishExperiment(loader: Loader, draft: Draft, opts: LoadOptions): Expe
     overrides: draft.overrides,
     stages,
     order,
+    unavailable: draft.requires.filter((p) => !existsSync(p)),
   };
 }
 

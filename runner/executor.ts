@@ -21,6 +21,8 @@ export interface NodeResult {
   manifest?: Manifest;
   error?: string;
   seconds: number;
+  /** Skipped because the experiment's `requires:` data is absent (not a failure). */
+  unavailable?: boolean;
 }
 
 export interface RunOptions {
@@ -181,6 +183,9 @@ export async function runExperiments(experiments: Experiment[], opts: RunOptions
       });
       return result;
     };
+    if (exp.unavailable.length) {
+      return finish({ status: 'skipped', key: null, unavailable: true, error: `experiment requires ${exp.unavailable.join(', ')}, which is absent here` });
+    }
     const blocked = ups.find((u) => u.status === 'failed' || u.status === 'skipped');
     if (blocked || signal.aborted) {
       return finish({ status: 'skipped', key: null, error: blocked ? `needs \`${blocked.stage}\`, which ${blocked.status === 'failed' ? 'failed' : 'was skipped'}` : 'aborted' });
@@ -248,6 +253,8 @@ export interface PlanEntry {
   key: CacheKey | null;
   reasons: string[];
   manifest?: Manifest;
+  /** The experiment's `requires:` data is absent: it cannot run here. */
+  unavailable?: boolean;
 }
 
 export async function planExperiments(
@@ -267,7 +274,15 @@ export async function planExperiments(
       const ref = await store.readRef(exp.name, name);
       const prev = ref ? ((await readManifestFields(store, ref.key)) as KeyFields | undefined) : undefined;
       let entry: PlanEntry & { prospective: string };
-      if (pending.length === 0) {
+      const problem = exp.unavailable.length
+        ? `cannot run here: the experiment requires ${exp.unavailable.join(', ')} (absent)`
+        : await keyFields(inst, {}, store.statCache, projectRoot).then(
+            () => undefined,
+            (err: unknown) => `cannot compute its key: ${errorText(err)}`,
+          );
+      if (problem) {
+        entry = { experiment: exp.name, stage: name, action: 'run', key: null, reasons: [problem], prospective: `${exp.name}\u0000${name}`, ...(exp.unavailable.length ? { unavailable: true } : {}) };
+      } else if (pending.length === 0) {
         const upstream = Object.fromEntries(inst.needs.map((n, i) => [n, ups[i]!.manifest!.outputs.tree]));
         const fields = await keyFields(inst, upstream, store.statCache, projectRoot);
         const key = keyOf(fields);

@@ -5,6 +5,8 @@ import * as tf from '@tensorflow/tfjs';
 import { buildTargets, CH, CHANNELS, decodeCells, detect, makeLayout, sizeTarget } from '../stages/lib/grid-layout.js';
 import { ageClassWeights, buildGridModel, gridLoss, LOSS_TERMS } from '../stages/lib/grid-net.js';
 import { averagePrecision, iou, nms, type Box } from '../stages/lib/boxes.js';
+import { letterboxGeometry } from '../stages/lib/grid-layout.js';
+import { letterboxGeometry as stageGeometry } from '../stages/lib/face-geometry.js';
 
 await tf.setBackend('cpu'); // tiny shapes: the stock kernels are exact and fast enough here
 const ones = { conf_obj: 1, conf_noobj: 1, center: 1, size: 1, gender: 1, age: 1 };
@@ -184,4 +186,16 @@ test('boxes: IoU, NMS and average precision on known cases', () => {
   const cells = decodeCells(new Float32Array(4 * CHANNELS), layout);
   assert.equal(cells.length, 4);
   assert.ok(cells.every((c) => c.confidence === 0.5));
+});
+
+test('the browser/detect letterbox geometry equals the letterbox stage\'s', () => {
+  for (const [w, h] of [[400, 200], [200, 400], [333, 250], [250, 250], [1001, 77], [3, 1000]]) {
+    for (const size of [64, 250]) {
+      for (const padding of ['bottom-right', 'centre'] as const) {
+        const a = letterboxGeometry(w!, h!, size, padding);
+        const b = stageGeometry(w!, h!, size, padding);
+        assert.deepEqual([a.scale, a.width, a.height, a.padX, a.padY], [b.scale, b.resizedWidth, b.resizedHeight, b.pad[0], b.pad[1]]);
+      }
+    }
+  }
 });

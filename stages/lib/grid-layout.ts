@@ -175,11 +175,15 @@ export function argmax(xs: ArrayLike<number>): number {
   return best;
 }
 
-/** Letterbox geometry: scale and padding that map an original image into the square input. */
+/**
+ * Letterbox geometry for browsers and `pipe detect`: the same numbers as the letterbox stage's
+ * (stages/lib/face-geometry.ts, checked equal by a test): longer side exactly `size`, the
+ * shorter rounded, black padding bottom-right or split evenly.
+ */
 export function letterboxGeometry(width: number, height: number, size: number, padding: 'bottom-right' | 'centre') {
   const scale = size / Math.max(width, height);
-  const w = Math.max(1, Math.round(width * scale));
-  const h = Math.max(1, Math.round(height * scale));
+  const w = width >= height ? size : Math.min(size, Math.max(1, Math.round(width * scale)));
+  const h = height >= width ? size : Math.min(size, Math.max(1, Math.round(height * scale)));
   const padX = padding === 'centre' ? Math.floor((size - w) / 2) : 0;
   const padY = padding === 'centre' ? Math.floor((size - h) / 2) : 0;
   return { scale, width: w, height: h, padX, padY };
