@@ -194,6 +194,35 @@ test('a stage killed with SIGKILL leaves no artifact; the next run succeeds', as
   assert.equal(readFileSync(show.json[0].outputs['count.txt'], 'utf8'), 'done\n');
 });
 
+test('Ctrl-C stops running stages, removes their work and publishes nothing', async () => {
+  const dir = threeStageProject();
+  const env = envFor(dir);
+  const pidFile = join(dir, 'child.pid');
+  const slow = `echo $$ > ${pidFile}; echo partial > "$PIPE_OUT/count.txt"; sleep 30`;
+  const a = pipeAsync(['run', 'pipelines/three.yaml', '--json', '--set', `count.run=${slow}`], { cwd: dir, env });
+  await waitFor(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '');
+  const t0 = Date.now();
+  a.child.kill('SIGINT');
+  const r = await a.done;
+  assert.equal(r.code, 130);
+  assert.ok(Date.now() - t0 < 10_000, 'stopped promptly, without waiting for the 30 s command');
+  assert.equal(statuses(r)['three/count'], 'failed');
+  assert.equal(r.json.find((j) => j.stage === 'count').error, 'aborted');
+  assert.equal(summary(r).aborted, true);
+  let childAlive = true;
+  try {
+    process.kill(Number(readFileSync(pidFile, 'utf8')), 0);
+  } catch {
+    childAlive = false;
+  }
+  assert.equal(childAlive, false, 'the stage\'s command was killed');
+  assert.equal(readdirSync(join(env.PIPE_STORE, 'tmp')).length, 0);
+  assert.equal(readdirSync(join(env.PIPE_STORE, 'locks')).length, 0);
+  const plan = pipeSync(['plan', 'pipelines/three.yaml', '--json', '--set', `count.run=${slow}`], { cwd: dir, env });
+  assert.equal(plan.json.find((j) => j.stage === 'count').action, 'run', 'nothing was published for the interrupted stage');
+  assert.equal(plan.json.find((j) => j.stage === 'prepare').action, 'cached', 'what finished before Ctrl-C is kept');
+});
+
 test('two concurrent pipe run processes on one store run each key once', async () => {
   const dir = threeStageProject();
   const env = envFor(dir);
