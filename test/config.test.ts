@@ -150,3 +150,27 @@ test('YAML syntax errors and matrix problems carry positions; the CLI exits 2 an
   assert.match(r.stderr, /3 errors; nothing was run/);
   assert.equal(r.stdout, '');
 });
+
+test('experiments may swap a stage type, rewire needs, and require data that may be absent', () => {
+  const dir = tempDir();
+  writeTree(dir, {
+    'pipelines/p.yaml': PIPELINE,
+    'present.bin': 'x',
+    'experiments/swap.yaml': `extends: ../pipelines/p.yaml
+requires: [../present.bin, ../absent/imdb.mat]
+set:
+  train.needs: []
+  source.uses: train
+  source.steps: 3
+`,
+    'experiments/bad-swap.yaml': 'extends: ../pipelines/p.yaml\nset:\n  source.uses: trian\n  train.needs: [nope]\n',
+  });
+  const [e] = load(dir, ['experiments/swap.yaml']);
+  assert.deepEqual(e!.stages.get('train')!.needs, []);
+  assert.equal(e!.stages.get('source')!.type.name, 'train');
+  assert.equal(e!.stages.get('source')!.settings.steps, 3, 'settings validated against the new type, defaults filled');
+  assert.deepEqual(e!.unavailable, [join(dir, 'absent/imdb.mat')]);
+  const lines = diagnostics(() => load(dir, ['experiments/bad-swap.yaml']));
+  assert.ok(lines.some((l) => /bad-swap\.yaml:3:17: source\.uses: unknown stage type `trian` \(did you mean `train`\?\)/.test(l)), lines.join('\n'));
+  assert.ok(lines.some((l) => /bad-swap\.yaml:4:16: train\.needs: needs unknown stage `nope`/.test(l)), lines.join('\n'));
+});
