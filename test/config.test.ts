@@ -171,6 +171,6 @@ set:
   assert.equal(e!.stages.get('source')!.settings.steps, 3, 'settings validated against the new type, defaults filled');
   assert.deepEqual(e!.unavailable, [join(dir, 'absent/imdb.mat')]);
   const lines = diagnostics(() => load(dir, ['experiments/bad-swap.yaml']));
-  assert.ok(lines.some((l) => /bad-swap\.yaml:3:17: source\.uses: unknown stage type `trian` \(did you mean `train`\?\)/.test(l)), lines.join('\n'));
+  assert.ok(lines.some((l) => /bad-swap\.yaml:3:16: source\.uses: unknown stage type `trian` \(did you mean `train`\?\)/.test(l)), lines.join('\n'));
   assert.ok(lines.some((l) => /bad-swap\.yaml:4:16: train\.needs: needs unknown stage `nope`/.test(l)), lines.join('\n'));
 });
