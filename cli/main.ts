@@ -31,10 +31,15 @@ commands:
   plan [files…]           what would run and why (--json, --set, --force)
   dag [files…]            print the stage graph (--format mermaid|dot)
   show FILE [STAGE]       key, outputs, metrics and log of cached stages (--json, --experiment NAME)
-  compare [files…]        metrics side by side with the settings that differ (--json)
+  compare [files…]        metrics side by side with the settings that differ (--json;
+                            --html FILE also writes a self-contained HTML report)
   gc [files…]             remove artifacts the given experiment files do not reach (--dry-run)
   verify                  re-hash the store and report artifacts whose bytes changed
+  detect --experiment FILE IMAGES… --out DIR
+                          run the experiment's cached grid model on JPEG/PNG files or folders
+                          (--stage NAME, --threshold 0.7); writes annotated images + detections.json
   types                   list stage types and their settings
+  serve --experiment FILE live face/gender/age detection on the webcam in a browser (--stage NAME, --port N, --host H)
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -57,6 +62,7 @@ export async function main(argv: string[]): Promise<number> {
       format: { type: 'string' },
       experiment: { type: 'string' },
       stage: { type: 'string' },
+      threshold: { type: 'string' },
       html: { type: 'string' },
       out: { type: 'string' },
       port: { type: 'string' },
@@ -113,7 +119,11 @@ export async function main(argv: string[]): Promise<number> {
       process.off('SIGTERM', onSignal);
       if (!values.json) printReportHints(experiments, results);
       if (controller.signal.aborted) return 130;
-      return results.some((r) => r.status === 'failed' || r.status === 'skipped') ? 1 : 0;
+      const unavailable = [...new Set(results.filter((r) => r.unavailable).map((r) => r.experiment))];
+      for (const name of unavailable) {
+        process.stderr.write(`not run: ${name} requires ${experiments.find((e) => e.name === name)!.unavailable.join(', ')} (absent; see the README)\n`);
+      }
+      return results.some((r) => r.status === 'failed' || (r.status === 'skipped' && !r.unavailable)) ? 1 : 0;
     }
     case 'plan': {
       const experiments = load(positionals);
@@ -172,6 +182,13 @@ export async function main(argv: string[]): Promise<number> {
       const rows = await compareExperiments(experiments, store, projectRoot);
       if (values.json) for (const r of rows) out(JSON.stringify({ experiment: r.experiment, settings: r.settings, metrics: r.metrics, ...(r.missing.length ? { missing: r.missing } : {}) }));
       else printCompareTable(rows, out);
+      if (values.html) {
+        // Loaded only when asked for: the CLI stays quick to start.
+        const { writeHtmlReport } = await import('./report-html.js');
+        const target = resolve(values.html);
+        await writeHtmlReport(rows, target);
+        process.stderr.write(`report written to ${target}\n`);
+      }
       return 0;
     }
     case 'gc': {
@@ -193,6 +210,31 @@ export async function main(argv: string[]): Promise<number> {
       else for (const b of bad) out(`CORRUPT ${b.experiment}/${b.stage} key ${b.key}: ${b.file} (${b.problem})`);
       return bad.length ? 1 : 0;
     }
+    case 'serve': {
+      const { serveCommand } = await import('./serve.js');
+      const file = positionals[0] ?? values.experiment;
+      return serveCommand({ file, name: positionals[0] ? values.experiment : undefined, stage: values.stage, port: values.port, host: values.host, load, openStore: () => Store.open(storeDir), projectRoot, out });
+    }
+    case 'detect': {
+      if (!values.experiment || !values.out || positionals.length === 0) {
+        throw new UsageError('usage: pipe detect --experiment FILE [--stage NAME] IMAGES… --out DIR');
+      }
+      const store = await Store.open(storeDir);
+      const { findGridModel } = await import('./model-artifact.js');
+      const { detectImages, listImages } = await import('./detect.js');
+      const model = await findGridModel(load([values.experiment]), values.experiment, store, projectRoot, values.stage);
+      const images = await listImages(positionals);
+      const results = await detectImages({
+        model,
+        images,
+        outDir: resolve(values.out),
+        threshold: values.threshold ? Number(values.threshold) : 0.7,
+        nmsIou: 0.2,
+        log: (l) => process.stderr.write(`${l}\n`),
+      });
+      out(`${results.length} images, ${results.reduce((n, r) => n + r.detections.length, 0)} faces: ${join(resolve(values.out), 'detections.json')}`);
+      return 0;
+    }
     case 'types': {
       for (const t of registry.values()) {
         out(`${t.name} — ${t.description}`);
@@ -212,15 +254,17 @@ export async function main(argv: string[]): Promise<number> {
 function printPlan(plan: PlanEntry[], json: boolean): number {
   const out = (line: string) => process.stdout.write(`${line}\n`);
   for (const p of plan) {
-    if (json) out(JSON.stringify({ type: 'stage', experiment: p.experiment, stage: p.stage, key: p.key, action: p.action, reasons: p.reasons }));
+    if (json) out(JSON.stringify({ type: 'stage', experiment: p.experiment, stage: p.stage, key: p.key, action: p.action, reasons: p.reasons, ...(p.unavailable ? { unavailable: true } : {}) }));
     else {
       out(`${p.action === 'run' ? 'run   ' : 'cached'} ${p.experiment}/${p.stage}`);
       for (const r of p.reasons) out(`         ${r}`);
     }
   }
-  const run = plan.filter((p) => p.action === 'run').length;
-  if (json) out(JSON.stringify({ type: 'summary', run, cached: plan.length - run }));
-  else out(`${run} to run, ${plan.length - run} cached`);
+  const unavailable = plan.filter((p) => p.unavailable).length;
+  const run = plan.filter((p) => p.action === 'run' && !p.unavailable).length;
+  const cached = plan.filter((p) => p.action === 'cached').length;
+  if (json) out(JSON.stringify({ type: 'summary', run, cached, ...(unavailable ? { unavailable } : {}) }));
+  else out(`${run} to run, ${cached} cached${unavailable ? `, ${unavailable} unavailable (their experiments' required data is absent)` : ''}`);
   return 0;
 }
 

@@ -65,7 +65,3 @@ export interface StageType<S = any> {
 // Stage modules import this file with `import type` only, so that editing the runner's
 // interface comments does not change every stage's code digest (and rerun everything).
 // Write a stage as:  export default { name, …, run } satisfies StageType<MySettings>;
-// (`defineStage` is kept as an identity helper; prefer `satisfies`.)
-export function defineStage<S>(stage: StageType<S>): StageType<S> {
-  return stage;
-}
