@@ -115,6 +115,10 @@ export default {
       seconds,
     };
     await writeMetrics(ctx.outDir, metrics);
+    const fsp = await import('node:fs/promises');
+    await fsp.copyFile(path.join(dir, 'letterbox.json'), path.join(ctx.outDir, 'letterbox.json')).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
     ctx.log(`shard: ${totals.records} records (${totals.train} train, ${totals.test} test, ${faces} faces) in ${s.count} files, ` +
       `${s.encoding}${passedThrough ? ` (${passedThrough} passed through)` : ''}, ${bad.total} skipped`);
     return metrics;

@@ -124,7 +124,10 @@ async function run(ctx: StageContext<GridTrainSettings>) {
   if (s.head === 'passthrough') {
     for (const sc of scales) if (Math.ceil(sc / 2 ** (blocks - 1)) % 2 && sc % stride) ctx.log(`note: input ${sc} is not a multiple of ${stride}; the passthrough pads odd maps`);
   }
-  const layout = makeLayout({ inputSize: size, blocks, sqrtWh: s.box.sqrt_wh, relative: s.box.relative, classActivation: s.class_activation });
+  // How the shards were letterboxed (recorded by letterbox, carried by shard): new images must be padded the same way.
+  const geometry = await fs.readFile(join(shardDir, 'letterbox.json'), 'utf8').then((t) => JSON.parse(t) as { padding?: 'bottom-right' | 'centre' }, () => ({ padding: undefined }));
+  if (!geometry.padding) ctx.log('note: the shards carry no letterbox.json; assuming bottom-right padding');
+  const layout = makeLayout({ inputSize: size, blocks, sqrtWh: s.box.sqrt_wh, relative: s.box.relative, classActivation: s.class_activation, padding: geometry.padding ?? 'bottom-right' });
   const bucketCounts = new Array(7).fill(0);
   for (const r of records) for (const f of r.faces) if (f.ageBucket >= 0 && f.ageBucket < 7) bucketCounts[f.ageBucket]++;
   const ageWeights = ageClassWeights(bucketCounts, s.age_loss.weighting, s.age_loss.beta);

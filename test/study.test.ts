@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pipeSync, repoRoot, sharedData, summary, tempDir } from './helpers.js';
+import { pipeSync, repoRoot, sharedData, summary, tempDir, writeTree } from './helpers.js';
 import { quickstartStore } from './fixtures.js';
 
 const hasUtk = existsSync(join(sharedData, 'utkface', 'images'));
@@ -81,4 +81,26 @@ test('pipe detect runs the cached model on real photos; an uncached model names 
       assert.ok(Math.abs(Object.values(d.age_probs as Record<string, number>).reduce((a, b) => a + b, 0) - 1) < 1e-5);
     }
   }
+});
+
+test('a model records how its data was letterboxed, so detect and the browser pad new images the same way', () => {
+  const dir = tempDir('pipe-centre-');
+  writeTree(dir, {
+    'p.yaml': `stages:
+  source: {uses: synthesize-imdb-wiki, with: {count: 40, bad_rows: false}}
+  extract-metadata: {uses: extract-metadata, needs: [source]}
+  filter: {uses: filter, needs: [extract-metadata]}
+  letterbox: {uses: letterbox, needs: [filter], with: {size: 32, padding: centre}}
+  shard: {uses: shard, needs: [letterbox], with: {count: 4}}
+  train-grid-model: {uses: train-grid-model, needs: [shard], with: {steps: 2, batch_size: 4, filters: [[4], [4]]}}
+`,
+  });
+  const env = { PIPE_STORE: join(dir, 'store') };
+  const r = pipeSync(['run', 'p.yaml', '--json'], { cwd: dir, env });
+  assert.equal(r.code, 0, r.stderr + r.stdout);
+  const show = pipeSync(['show', 'p.yaml', 'train-grid-model', '--json'], { cwd: dir, env });
+  const layout = JSON.parse(readFileSync(show.json[0].outputs['layout.json'], 'utf8'));
+  assert.equal(layout.input.padding, 'centre');
+  assert.equal(layout.inputSize, 32);
+  assert.equal(layout.grid, 8);
 });
