@@ -1,7 +1,7 @@
 // `pipe` command line: parses arguments and wires config → executor → reporters. It holds
 // no logic of its own beyond presentation.
 import { existsSync, promises as fs, readdirSync } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Store } from '../artifacts/store.js';
 import { loadExperiments, type Experiment } from '../runner/config.js';
@@ -117,7 +117,7 @@ export async function main(argv: string[]): Promise<number> {
       });
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
-      if (!values.json) printReportHints(experiments, results);
+      if (!values.json) printReportHints(experiments, results, storeDir);
       if (controller.signal.aborted) return 130;
       const unavailable = [...new Set(results.filter((r) => r.unavailable).map((r) => r.experiment))];
       for (const name of unavailable) {
@@ -268,14 +268,15 @@ function printPlan(plan: PlanEntry[], json: boolean): number {
   return 0;
 }
 
-function printReportHints(experiments: Experiment[], results: { experiment: string; stage: string; status: string; manifest?: { outputs: { files: { path: string }[] }; outputs_dir?: string } }[]): void {
-  // Point at reports so the user knows where to look after a run.
-  for (const r of results) {
-    const files = r.manifest?.outputs.files.map((f) => f.path) ?? [];
-    if (files.includes('report.json') && (r.status === 'ran' || r.status === 'cached')) {
-      const exp = experiments.find((e) => e.name === r.experiment)!;
-      process.stderr.write(`report: ${r.experiment}/${r.stage} → pipe show ${exp.file} ${r.stage}\n`);
-    }
+function printReportHints(experiments: Experiment[], results: { experiment: string; stage: string; status: string; manifest?: { outputs: { tree: string; files: { path: string }[] } } }[], storeDir: string): void {
+  // Point at the reports so the user knows where to look after a run.
+  const withReports = results.filter((r) => (r.status === 'ran' || r.status === 'cached') && r.manifest?.outputs.files.some((f) => f.path === 'report.json'));
+  for (const r of withReports) {
+    process.stderr.write(`report: ${r.experiment}/${r.stage}: ${join(storeDir, 'trees', r.manifest!.outputs.tree, 'report.json')}\n`);
+  }
+  if (withReports.length) {
+    const files = [...new Set(withReports.map((r) => experiments.find((e) => e.name === r.experiment)!.file))].map((f) => relative(process.cwd(), f) || f);
+    process.stderr.write(`see them side by side: pipe compare ${files.join(' ')} --html report.html\n`);
   }
 }
 
