@@ -248,7 +248,20 @@ test('the page finds a synthesized face on a fake webcam and nothing on a blank 
       screenshot: shot,
       // Tensors must not pile up frame after frame (tidy + dispose in the loop).
       evaluate: async (page) => {
-        const count = () => page.evaluate(() => ({ tensors: (window as any).tf.memory().numTensors as number, frames: (window as any).__pipe.frames as number }));
+        // A frame in flight holds its output tensor for a moment: take the fewest of a few samples,
+        // which a real leak (one or more tensors per frame) would still raise.
+        const count = () =>
+          page.evaluate(async () => {
+            let tensors = Infinity;
+            for (let i = 0; i < 8; i++) {
+              tensors = Math.min(tensors, (window as any).tf.memory().numTensors as number);
+              await new Promise((r) => setTimeout(r, 15));
+            }
+            return { tensors, frames: (window as any).__pipe.frames as number };
+          });
+        // Let one-time allocations (backend caches, lazily built constants) happen first.
+        const warm = await count();
+        await page.waitForFunction((n) => (window as any).__pipe.frames >= n, warm.frames + 3, { timeout: 60_000 });
         const before = await count();
         await page.waitForFunction((n) => (window as any).__pipe.frames >= n, before.frames + 5, { timeout: 60_000 });
         return { before, after: await count() };
