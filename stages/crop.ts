@@ -99,10 +99,9 @@ export default {
       rows_in: kept.rows,
       images_in: kept.images,
       skipped: bad.counts,
-      seconds,
     };
-    await writeMetrics(ctx.outDir, metrics);
+    const all = await writeMetrics(ctx.outDir, metrics, { seconds });
     ctx.log(`crop: ${crops} crops of ${s.size}px (margin ${s.margin}) in ${s.count} files (${totals.train} train, ${totals.test} test), ${bad.total} skipped`);
-    return metrics;
+    return all;
   },
 } satisfies StageType<CropSettings>;

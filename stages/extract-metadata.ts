@@ -15,6 +15,9 @@
 // "Infinity", "-Infinity" otherwise; other unknowns are null. archive.path is project-relative
 // when the archive is inside the project (absolute otherwise); archive.sha256 is the content
 // digest of the tar, so the rows (and every key downstream) change when the tar does.
+// metrics.json: rows, images_seen, joined, missing, corrupt, truncated, unmatched_members,
+// duplicate_members, archive_errors, archives; seconds and mb_per_s are in the returned
+// metrics (the manifest), not in the file (see writeMetrics).
 
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -101,14 +104,15 @@ export default {
     interface Found { source: number; member: string; width: number | null; height: number | null; problem: Problem | null }
     const found = new Array<Found | undefined>(rows.length);
     const bad = new BadItems('extract-metadata', (l) => ctx.log(l), ctx.settings.strict);
-    const sources = images.map((p) => ({ path: recordedPath(ctx.projectRoot, p), sha256: '', members: 0, bytes: 0 }));
+    const sources = images.map((p) => ({ path: recordedPath(ctx.projectRoot, p), sha256: '', bytes: 0 }));
     let imagesSeen = 0;
     let unmatched = 0;
     let duplicates = 0;
     let archiveErrors = 0;
 
-    const sizes = await Promise.all(images.map(async (p) => (await fsp.stat(p)).size));
-    const totalMb = Math.max(1, Math.round(sizes.reduce((a, b) => a + b, 0) / 1e6));
+    // Progress in MB of tar read; a directory source reports images instead (its size is unknown).
+    const stats = await Promise.all(images.map((p) => fsp.stat(p)));
+    const totalMb = Math.max(1, Math.round(stats.reduce((a, st) => a + (st.isDirectory() ? 0 : st.size), 0) / 1e6));
     let doneBytes = 0;
 
     const assign = (idxs: number[], f: Found): boolean => {
@@ -124,11 +128,13 @@ export default {
 
     for (const [si, abs] of images.entries()) {
       const src = sources[si]!;
+      const isDir = stats[si]!.isDirectory();
       for await (const ev of readArchive(abs, {
         want: (n) => lookup(n) !== undefined,
         signal: ctx.signal,
         onBytes: (b) => ctx.progress(Math.round((doneBytes + b) / 1e6), totalMb, 'MB'),
       })) {
+        if (isDir) ctx.progress(imagesSeen, undefined, 'images');
         if (ev.kind === 'skip') {
           imagesSeen++;
           unmatched++;
@@ -156,7 +162,7 @@ export default {
           src.bytes = ev.bytes;
         }
       }
-      doneBytes += sizes[si]!;
+      if (!isDir) doneBytes += src.bytes;
       ctx.log(`${src.path}: sha256 ${src.sha256.slice(0, 16)}…, ${(src.bytes / 1e6).toFixed(1)} MB`);
     }
 
@@ -201,12 +207,10 @@ export default {
       duplicate_members: duplicates,
       archive_errors: archiveErrors,
       archives: sources.map((s) => ({ path: s.path, sha256: s.sha256, bytes: s.bytes })),
-      seconds,
-      mb_per_s: doneBytes / 1e6 / Math.max(seconds, 1e-9),
     };
-    await writeMetrics(ctx.outDir, metrics);
+    const all = await writeMetrics(ctx.outDir, metrics, { seconds, mb_per_s: sources.reduce((a, x) => a + x.bytes, 0) / 1e6 / Math.max(seconds, 1e-9) });
     ctx.log(`extract-metadata: ${rows.length} rows, ${imagesSeen} images seen, ${counts.joined} joined, ${counts.missing} missing, ` +
       `${counts.corrupt} corrupt, ${counts.truncated} truncated, ${unmatched} unmatched member(s), in ${seconds.toFixed(1)} s`);
-    return metrics;
+    return all;
   },
 } satisfies StageType<ExtractSettings>;

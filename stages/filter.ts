@@ -8,7 +8,8 @@
 //   box_outside    face box inside the image
 //   undecodable    image present and passed extract-metadata's check (image_problem null)
 // Input: the needed extract-metadata stage's rows.jsonl. Output: rows.jsonl (the kept rows,
-// unchanged, same order) and metrics.json {rows_in, kept, dropped: {rule: count}, …}.
+// unchanged, same order) and metrics.json {rows_in, kept, dropped: {rule: count}, bad_lines}
+// (seconds in the returned metrics).
 
 import * as path from 'node:path';
 import type { StageType } from '../runner/stage-type.js';
@@ -69,8 +70,7 @@ export default {
     ctx.progress(rowsIn, rowsIn, 'rows');
     const kept = out.lines;
     const seconds = (performance.now() - t0) / 1000;
-    const metrics = { rows_in: rowsIn, kept, dropped, bad_lines: bad.counts['bad_line'] ?? 0, seconds };
-    await writeMetrics(ctx.outDir, metrics);
+    const metrics = await writeMetrics(ctx.outDir, { rows_in: rowsIn, kept, dropped, bad_lines: bad.counts['bad_line'] ?? 0 }, { seconds });
     ctx.log(`filter: kept ${kept} of ${rowsIn} rows; dropped ${FILTER_RULES.map((r) => `${r} ${dropped[r]}`).join(', ')}`);
     return metrics;
   },

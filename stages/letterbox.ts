@@ -122,15 +122,14 @@ export default {
       faces,
       skipped: bad.counts,
       output_mb: outBytes / 1e6,
-      seconds,
-      img_per_s: written / Math.max(seconds, 1e-9),
     };
-    await writeMetrics(ctx.outDir, metrics);
+    const imgPerS = written / Math.max(seconds, 1e-9);
+    const all = await writeMetrics(ctx.outDir, metrics, { seconds, img_per_s: imgPerS });
     // The geometry travels with the data (shard copies it) so that a trained model's layout,
     // `pipe detect` and the browser letterbox new images exactly as these were.
     await (await import('node:fs/promises')).writeFile(path.join(ctx.outDir, 'letterbox.json'), JSON.stringify({ size: s.size, padding: s.padding, format: s.format }, null, 2));
     ctx.log(`letterbox: wrote ${written} of ${kept.images} images (${faces} faces) at ${s.size}px, ${s.padding} padding, ` +
-      `${bad.total} skipped, ${metrics.img_per_s.toFixed(0)} img/s`);
-    return metrics;
+      `${bad.total} skipped, ${imgPerS.toFixed(0)} img/s`);
+    return all;
   },
 } satisfies StageType<LetterboxSettings>;

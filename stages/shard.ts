@@ -6,7 +6,8 @@
 // test-00009-of-00010.tfrecord. Records follow letterbox's order inside each shard, so the
 // shard bytes are the same on every run. With encoding jpeg (png) and letterbox images already
 // in that format, the image bytes are passed through untouched; raw stores H×W×3 uint8 pixels.
-// metrics.json: records per file name, totals (records, train, test, faces), skipped, seconds.
+// metrics.json: records per file name, totals (records, train, test, faces), skipped (seconds
+// in the returned metrics).
 
 import * as path from 'node:path';
 import type { StageType } from '../runner/stage-type.js';
@@ -112,15 +113,14 @@ export default {
       encoding: s.encoding,
       passed_through: passedThrough,
       skipped: bad.counts,
-      seconds,
     };
-    await writeMetrics(ctx.outDir, metrics);
+    const all = await writeMetrics(ctx.outDir, metrics, { seconds });
     const fsp = await import('node:fs/promises');
     await fsp.copyFile(path.join(dir, 'letterbox.json'), path.join(ctx.outDir, 'letterbox.json')).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw err;
     });
     ctx.log(`shard: ${totals.records} records (${totals.train} train, ${totals.test} test, ${faces} faces) in ${s.count} files, ` +
       `${s.encoding}${passedThrough ? ` (${passedThrough} passed through)` : ''}, ${bad.total} skipped`);
-    return metrics;
+    return all;
   },
 } satisfies StageType<ShardSettings>;

@@ -20,8 +20,10 @@ export async function loadSharp(): Promise<Sharp> {
   return sharpModule;
 }
 
+// No Huffman-table optimisation: at quality 95 on 250x250 images it measured about half the
+// encode CPU (0.6 vs 1.1 ms an image, where decode + resize is ~3.3 ms) for files ~6% larger.
 function encode(img: import('sharp').Sharp, format: OutputFormat, quality: number): Promise<Buffer> {
-  return format === 'png' ? img.png({ compressionLevel: 6 }).toBuffer() : img.jpeg({ quality }).toBuffer();
+  return format === 'png' ? img.png({ compressionLevel: 6 }).toBuffer() : img.jpeg({ quality, optimiseCoding: false }).toBuffer();
 }
 
 /**

@@ -226,8 +226,19 @@ export function resolveRecordedPath(projectRoot: string, recorded: string): stri
   return path.resolve(projectRoot, recorded);
 }
 
-export async function writeMetrics(outDir: string, metrics: Record<string, unknown>): Promise<void> {
-  await fsp.writeFile(path.join(outDir, 'metrics.json'), JSON.stringify(metrics, null, 2) + '\n');
+/**
+ * metrics.json gets only what the data determines (counts): it is one of the stage's output
+ * files, so a timing in it would make every rerun publish new bytes and rerun everything
+ * downstream, defeating early cutoff. Timings are returned instead; the runner records the
+ * returned metrics in the manifest (`pipe show`, `pipe compare`) without hashing them.
+ */
+export async function writeMetrics(
+  outDir: string,
+  counts: Record<string, unknown>,
+  timings: Record<string, number>,
+): Promise<Record<string, unknown>> {
+  await fsp.writeFile(path.join(outDir, 'metrics.json'), JSON.stringify(counts, null, 2) + '\n');
+  return { ...counts, ...timings };
 }
 
 /**
@@ -273,8 +284,12 @@ export class BadItems {
  * UV_THREADPOOL_SIZE says otherwise); results are taken in order, so the window is a few times
  * the pool: while the oldest image is still being worked on, the pool has others queued and
  * never idles behind it. Memory stays a few MB (encoded inputs and outputs).
+ * PIPE_IMAGE_CONCURRENCY overrides it.
  */
 export function imageConcurrency(): number {
+  // A tuning knob for benchmarks; it never changes what is written, only how fast.
+  const forced = Number(process.env.PIPE_IMAGE_CONCURRENCY);
+  if (Number.isInteger(forced) && forced > 0) return forced;
   const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
   return Math.max(8, Math.min(64, 4 * Math.max(pool, os.availableParallelism())));
 }
