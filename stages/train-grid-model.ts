@@ -181,13 +181,18 @@ async function run(ctx: StageContext<GridTrainSettings>) {
     steps: s.steps,
     resumed_from: result.resumedFrom,
     train_images: records.length,
-    seconds_per_step: round(result.secondsPerStep),
-    train_img_per_s: round(result.secondsPerStep ? s.batch_size / result.secondsPerStep : 0),
     final_loss: last,
     loss_curves: result.curves,
   };
-  ctx.log(`trained ${result.stepsRun} steps (${metrics.seconds_per_step}s/step); final loss ${Number(last.total).toFixed(4)}`);
+  // Timings go to the manifest only (returned), not into the published files: a rerun that
+  // trains the same weights then publishes the same bytes, and evaluation is cut off.
+  const timings = {
+    seconds_per_step: round(result.secondsPerStep),
+    train_img_per_s: round(result.secondsPerStep ? s.batch_size / result.secondsPerStep : 0),
+  };
+  ctx.log(`trained ${result.stepsRun} steps (${timings.seconds_per_step}s/step); final loss ${Number(last.total).toFixed(4)}`);
   await fs.writeFile(join(ctx.outDir, 'metrics.json'), JSON.stringify(metrics));
+  return { ...metrics, ...timings };
 }
 
 /** Copy conv kernels from a crop classifier whose shapes match the grid model's, in order. */
