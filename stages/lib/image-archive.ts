@@ -307,45 +307,4 @@ export async function forEachWantedImage<G, R>(sources: ReadonlyArray<WantedSour
   await window.drain();
 }
 
-// ---------------------------------------------------------------- writing
-
-/**
- * A tar written as a stream with fixed header fields (mode, owner, mtime), so the same members
- * in the same order always give the same bytes. (Kept here rather than reusing the synthesizer's
- * writer, so that editing the face drawing code does not change these stages' code digests.)
- */
-export class TarFileWriter {
-  private constructor(
-    private readonly pack: import('tar-stream').Pack,
-    private readonly done: Promise<void>,
-    readonly path: string,
-  ) {}
-
-  static async open(file: string): Promise<TarFileWriter> {
-    const tar = await import('tar-stream');
-    const { pipeline } = await import('node:stream/promises');
-    const pack = tar.pack();
-    const done = pipeline(pack, fs.createWriteStream(file));
-    done.catch(() => {}); // awaited in close()
-    return new TarFileWriter(pack, done, file);
-  }
-
-  add(name: string, data: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.pack.entry(
-        { name, size: data.length, type: 'file', mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime: new Date(Date.UTC(2016, 0, 1)) },
-        data,
-        (err) => (err ? reject(new Error(`${this.path}: writing member ${name}: ${err.message}`)) : resolve()),
-      );
-    });
-  }
-
-  async close(): Promise<void> {
-    this.pack.finalize();
-    await this.done;
-  }
-
-  abort(): void {
-    this.pack.destroy();
-  }
-}
+export { TarFileWriter } from './tar-writer.js';

@@ -4,8 +4,6 @@
 // IMDB-WIKI naming and date conventions, an ordered bounded-concurrency loop and a deterministic
 // tar writer. No heavy imports at module level: tar-stream is loaded inside TarWriter.open().
 
-import * as fs from 'node:fs';
-import { pipeline } from 'node:stream/promises';
 
 // ---------------------------------------------------------------- random numbers
 
@@ -499,41 +497,4 @@ export async function orderedPipeline<T, R>(
   }
 }
 
-/** A tar file written as a stream with fixed headers, so the same members give the same bytes. */
-export class TarWriter {
-  private constructor(
-    private readonly pack: import('tar-stream').Pack,
-    private readonly done: Promise<void>,
-    readonly path: string,
-  ) {}
-
-  static async open(path: string): Promise<TarWriter> {
-    const tar = await import('tar-stream');
-    const pack = tar.pack();
-    const done = pipeline(pack, fs.createWriteStream(path));
-    done.catch(() => {}); // awaited in close()
-    return new TarWriter(pack, done, path);
-  }
-
-  add(name: string, data: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.pack.entry(
-        {
-          name, size: data.length, type: 'file', mode: 0o644, uid: 0, gid: 0, uname: '', gname: '',
-          mtime: new Date(Date.UTC(2016, 0, 1)),
-        },
-        data,
-        (err) => (err ? reject(new Error(`${this.path}: writing member ${name}: ${err.message}`)) : resolve()),
-      );
-    });
-  }
-
-  async close(): Promise<void> {
-    this.pack.finalize();
-    await this.done;
-  }
-
-  abort(): void {
-    this.pack.destroy();
-  }
-}
+export { TarFileWriter as TarWriter } from './tar-writer.js';
