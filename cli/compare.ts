@@ -66,10 +66,22 @@ export function scalarMetrics(row: CompareRow): Map<string, number | string | bo
   return out;
 }
 
+const MAX_TERMINAL_METRICS = 12;
+
 export function printCompareTable(rows: CompareRow[], out: (l: string) => void): void {
   const settingCols = [...new Set(rows.flatMap((r) => Object.keys(r.settings)))];
   const metricsPerRow = rows.map(scalarMetrics);
-  const metricCols = [...new Set(metricsPerRow.flatMap((m) => [...m.keys()]))].filter((k) => typeof metricsPerRow.find((m) => m.has(k))!.get(k) !== 'string' || k.endsWith('backend'));
+  // Columns that are the same for every experiment say nothing in a comparison (dataset counts,
+  // step counts); they are left out when there is more than one experiment.
+  const metricCols = [...new Set(metricsPerRow.flatMap((m) => [...m.keys()]))]
+    .filter((k) => typeof metricsPerRow.find((m) => m.has(k))!.get(k) !== 'string' || k.endsWith('backend'))
+    .filter((k) => rows.length < 2 || new Set(metricsPerRow.map((m) => String(m.get(k)))).size > 1);
+  // Evaluation metrics first (the stage whose metrics have an `iou`), then the rest; a terminal
+  // shows the first dozen, --json and --html have them all.
+  const evalStages = new Set(rows.flatMap((r) => Object.entries(r.metrics).filter(([, m]) => 'iou' in m).map(([st]) => st)));
+  const rank = (k: string) => (evalStages.has(k.split('.')[0]!) ? 0 : 1);
+  metricCols.sort((a, b) => rank(a) - rank(b));
+  const hidden = metricCols.splice(MAX_TERMINAL_METRICS);
   const header = ['experiment', ...settingCols, ...metricCols];
   const fmt = (v: unknown) => (v === undefined || v === null ? '—' : typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v));
   const table = rows.map((r, i) => [r.experiment, ...settingCols.map((c) => fmt(r.settings[c])), ...metricCols.map((c) => fmt(metricsPerRow[i]!.get(c)))]);
@@ -78,6 +90,7 @@ export function printCompareTable(rows: CompareRow[], out: (l: string) => void):
   out(line(header));
   out(widths.map((w) => '-'.repeat(w)).join('  '));
   for (const row of table) out(line(row));
+  if (hidden.length) out(`(${hidden.length} more metric columns: pipe compare … --json or --html FILE)`);
   for (const r of rows) {
     if (r.missing.length) out(`${r.experiment}: no cached result for ${r.missing.join(', ')} (run: pipe run ${r.file})`);
   }
