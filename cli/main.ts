@@ -153,8 +153,14 @@ export async function main(argv: string[]): Promise<number> {
         if (!p.manifest) {
           missing++;
           const msg = `${p.experiment}/${p.stage}: not cached for the current settings; build it with: pipe run ${file}`;
-          if (values.json) out(JSON.stringify({ experiment: p.experiment, stage: p.stage, key: null, error: msg }));
-          else out(msg);
+          // A failed attempt keeps its log (never a result): point at it.
+          const failedLog = p.key ? join(store.root, 'failed', `${p.key}.log`) : undefined;
+          const failed = failedLog && existsSync(failedLog) ? failedLog : undefined;
+          if (values.json) out(JSON.stringify({ experiment: p.experiment, stage: p.stage, key: null, error: msg, ...(failed ? { failed_log: failed } : {}) }));
+          else {
+            out(msg);
+            if (failed) out(`  the last attempt failed; its log (${failed}):\n    ${(await fs.readFile(failed, 'utf8')).trimEnd().split('\n').slice(-15).join('\n    ')}`);
+          }
           continue;
         }
         const m = p.manifest;

@@ -29,9 +29,28 @@ export function jsonReporter(events: RunEvents, out: Out): void {
 
 const name = (e: { experiment: string; stage: string }) => `${e.experiment}/${e.stage}`;
 
+/** The last lines each stage logged, shown when it fails (without --verbose). */
+class LogTails {
+  private tails = new Map<string, string[]>();
+
+  add(stage: string, line: string): void {
+    const t = this.tails.get(stage) ?? [];
+    t.push(line);
+    if (t.length > 15) t.shift();
+    this.tails.set(stage, t);
+  }
+
+  failure(stage: string, error: string | undefined, verbose: boolean): string[] {
+    const lines = [`        error: ${error}`];
+    const tail = this.tails.get(stage);
+    if (tail?.length && !verbose) lines.push(`        last log lines:\n          ${tail.join('\n          ')}`);
+    return lines;
+  }
+}
+
 export function plainReporter(events: RunEvents, out: Out, opts: { verbose: boolean }): void {
   const lastProgress = new Map<string, number>();
-  const logTail = new Map<string, string[]>();
+  const logTails = new LogTails();
   events.on((e: RunEvent) => {
     switch (e.type) {
       case 'stage-start':
@@ -48,23 +67,16 @@ export function plainReporter(events: RunEvents, out: Out, opts: { verbose: bool
         out(`        ${name(e)}  ${e.done}${e.total ? `/${e.total}` : ''} ${e.unit ?? ''}`.trimEnd());
         break;
       }
-      case 'stage-log': {
+      case 'stage-log':
         if (opts.verbose) out(`  ${name(e)} | ${e.line}`);
-        const t = logTail.get(name(e)) ?? [];
-        t.push(e.line);
-        if (t.length > 15) t.shift();
-        logTail.set(name(e), t);
+        logTails.add(name(e), e.line);
         break;
-      }
       case 'stage-end': {
         const label = e.status.padEnd(7);
         const extra = e.status === 'cached' && e.sharedWith ? `  (computed by ${e.sharedWith})` : '';
         out(`${label} ${name(e)}  ${round(e.seconds)}s${extra}`);
-        if (e.status === 'failed') {
-          out(`        error: ${e.error}`);
-          const tail = logTail.get(name(e));
-          if (tail?.length && !opts.verbose) out(`        last log lines:\n          ${tail.join('\n          ')}`);
-        } else if (e.status === 'skipped' && e.error) out(`        ${e.error}`);
+        if (e.status === 'failed') for (const l of logTails.failure(name(e), e.error, opts.verbose)) out(l);
+        else if (e.status === 'skipped' && e.error) out(`        ${e.error}`);
         break;
       }
       case 'run-end':
@@ -90,7 +102,7 @@ export function ttyReporter(events: RunEvents, stream: NodeJS.WriteStream, opts:
   let overall: cliProgress.SingleBar | undefined;
   let done = 0;
   const bars = new Map<string, cliProgress.SingleBar>();
-  const logTail = new Map<string, string[]>();
+  const logTails = new LogTails();
   const println = (line: string) => multi.log(`${line}\n`);
   events.on((e: RunEvent) => {
     switch (e.type) {
@@ -110,14 +122,10 @@ export function ttyReporter(events: RunEvents, stream: NodeJS.WriteStream, opts:
         bar.update(e.done, { unit: e.unit ?? '' });
         break;
       }
-      case 'stage-log': {
+      case 'stage-log':
         if (opts.verbose) println(`  ${name(e)} | ${e.line}`);
-        const t = logTail.get(name(e)) ?? [];
-        t.push(e.line);
-        if (t.length > 15) t.shift();
-        logTail.set(name(e), t);
+        logTails.add(name(e), e.line);
         break;
-      }
       case 'stage-end': {
         const bar = bars.get(name(e));
         if (bar) {
@@ -128,11 +136,7 @@ export function ttyReporter(events: RunEvents, stream: NodeJS.WriteStream, opts:
         if (e.status === 'ran' || e.status === 'failed' || e.status === 'skipped') {
           println(`${e.status.padEnd(7)} ${name(e)}  ${round(e.seconds)}s`);
         }
-        if (e.status === 'failed') {
-          println(`        error: ${e.error}`);
-          const tail = logTail.get(name(e));
-          if (tail?.length && !opts.verbose) println(`        last log lines:\n          ${tail.join('\n          ')}`);
-        }
+        if (e.status === 'failed') for (const l of logTails.failure(name(e), e.error, opts.verbose)) println(l);
         break;
       }
       case 'run-end':

@@ -150,6 +150,7 @@ export async function runExperiments(experiments: Experiment[], opts: RunOptions
         seconds: (performance.now() - t0) / 1000,
       });
       await removeTree(stateDir);
+      await fs.unlink(join(store.root, 'failed', `${key}.log`)).catch(() => {}); // an earlier failure is history now
       return { ok: true, ran: true, manifest, by: exp.name };
     } catch (err) {
       const message = signal.aborted ? 'aborted' : errorText(err);
