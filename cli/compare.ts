@@ -67,9 +67,11 @@ export function scalarMetrics(row: CompareRow): Map<string, number | string | bo
 }
 
 const MAX_TERMINAL_METRICS = 12;
+const MAX_TERMINAL_SETTINGS = 6;
 
 export function printCompareTable(rows: CompareRow[], out: (l: string) => void): void {
-  const settingCols = [...new Set(rows.flatMap((r) => Object.keys(r.settings)))];
+  const allSettings = [...new Set(rows.flatMap((r) => Object.keys(r.settings)))];
+  const settingCols = allSettings.slice(0, MAX_TERMINAL_SETTINGS);
   const metricsPerRow = rows.map(scalarMetrics);
   // Columns that are the same for every experiment say nothing in a comparison (dataset counts,
   // step counts); they are left out when there is more than one experiment.
@@ -90,7 +92,10 @@ export function printCompareTable(rows: CompareRow[], out: (l: string) => void):
   out(line(header));
   out(widths.map((w) => '-'.repeat(w)).join('  '));
   for (const row of table) out(line(row));
-  if (hidden.length) out(`(${hidden.length} more metric columns: pipe compare … --json or --html FILE)`);
+  const hiddenSettings = allSettings.length - settingCols.length;
+  if (hidden.length || hiddenSettings) {
+    out(`(${[hiddenSettings ? `${hiddenSettings} more differing settings` : '', hidden.length ? `${hidden.length} more metric columns` : ''].filter(Boolean).join(', ')}: pipe compare … --json or --html FILE)`);
+  }
   for (const r of rows) {
     if (r.missing.length) out(`${r.experiment}: no cached result for ${r.missing.join(', ')} (run: pipe run ${r.file})`);
   }
