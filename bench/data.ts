@@ -224,11 +224,20 @@ console.log(`ceiling concurrency (sharp alone: decode + resize to fit 250, buffe
 const trial = bufs.slice(0, Math.min(400, bufs.length));
 let bestConcurrency = 1;
 let bestTrial = 0;
-for (const c of [1, 2, 3, 4, 6, 8]) {
-  const r = await sharpRate(trial, c);
-  console.log(`  concurrency ${c}: ${r.imgPerS.toFixed(1)} img/s (${trial.length} images)`);
-  if (r.imgPerS > bestTrial) [bestConcurrency, bestTrial] = [c, r.imgPerS];
+// Both libvips threading choices: its default (one thread per core inside each pipeline) and
+// one thread per pipeline with several pipelines at once (what the stages use); the best counts.
+const defaultVipsThreads = sharp.concurrency();
+let bestVipsThreads = defaultVipsThreads;
+for (const vipsThreads of [defaultVipsThreads, 1]) {
+  sharp.concurrency(vipsThreads);
+  for (const c of [1, 2, 3, 4, 6, 8]) {
+    const r = await sharpRate(trial, c);
+    console.log(`  libvips threads ${vipsThreads}, concurrency ${c}: ${r.imgPerS.toFixed(1)} img/s (${trial.length} images)`);
+    if (r.imgPerS > bestTrial) [bestConcurrency, bestTrial, bestVipsThreads] = [c, r.imgPerS, vipsThreads];
+  }
 }
+sharp.concurrency(bestVipsThreads);
+console.log(`ceiling: libvips threads ${bestVipsThreads}, concurrency ${bestConcurrency}`);
 
 // Other workers share the cores: the rounds interleave chain and ceiling, and the best of each
 // is what the machine can do when it is least disturbed.
@@ -246,6 +255,7 @@ for (let round = 1; round <= ROUNDS; round++) {
   peakFull = Math.max(peakFull, c.peakRssMb);
   if (!full || c.imgPerS > full.imgPerS) full = c;
   chainCpu = Math.min(chainCpu, c.cpuMsPerImage);
+  sharp.concurrency(bestVipsThreads); // letterboxImage() sets its own; the ceiling keeps its best
   const ce = await sharpRate(bufs, bestConcurrency);
   ceiling = Math.max(ceiling, ce.imgPerS);
   ceilingCpu = Math.min(ceilingCpu, ce.cpuMsPerImage);

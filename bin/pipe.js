@@ -6,8 +6,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+// Image stages run one single-threaded libvips pipeline per libuv worker: give the pool one
+// worker per core (it must be set before the pool is first used).
+process.env.UV_THREADPOOL_SIZE ??= String(Math.max(4, availableParallelism()));
 const stamp = join(root, 'dist', '.tsbuildinfo');
 
 function newestSource(dir) {
