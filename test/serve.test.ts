@@ -268,7 +268,9 @@ test('the page finds a synthesized face on a fake webcam and nothing on a blank 
       },
     });
     assert.ok(face.extra!.after.frames >= face.extra!.before.frames + 5);
-    assert.equal(face.extra!.after.tensors, face.extra!.before.tensors, 'tensors leak from frame to frame');
+    // A frame in flight may hold its output tensor when sampled (±1); a leak of even one tensor a
+    // frame would add at least 5 over these 5 frames.
+    assert.ok(Math.abs(face.extra!.after.tensors - face.extra!.before.tensors) <= 1, `tensors leak from frame to frame: ${face.extra!.before.tensors} → ${face.extra!.after.tensors}`);
     assert.equal(face.state.error, null);
     assert.deepEqual(face.consoleErrors, []);
     assert.ok(face.state.ready);
