@@ -102,8 +102,12 @@ interface PipeResult {
 }
 
 /** Times trainLoop itself: the gap between its per-step progress calls is one full step. */
-async function benchPipe(tf: Tf, size: number, batch: number, o: Options): Promise<PipeResult> {
+async function benchPipe(tf: Tf, size: number, batch: number, o: Options, twoThreads = false): Promise<PipeResult> {
   const layout = makeLayout({ inputSize: size, blocks: FILTERS.length, sqrtWh: false, relative: false });
+  // The stage's data-parallel mode: a worker thread with its own wasm instance takes half of each batch.
+  const parallel = twoThreads
+    ? { recipe: { kind: 'grid' as const, net: { filters: FILTERS, head: 'conv1x1' as const, denseUnits: 256, seed: 1, inputSize: size }, layout, lossWeights: ONES }, backend: 'wasm' }
+    : undefined;
   const model = buildGridModel(tf, { filters: FILTERS, head: 'conv1x1', denseUnits: 256, seed: 1, inputSize: size });
   const data = syntheticBatch(tf, layout, size, batch, size * 1000 + batch);
   const marks: number[] = [];
@@ -122,6 +126,7 @@ async function benchPipe(tf: Tf, size: number, batch: number, o: Options): Promi
     checkpointEvery: 0,
     logEvery: 1,
     progress: () => marks.push(performance.now()),
+    parallel,
   });
   const steps = marks.map((m, i) => (m - (i ? marks[i - 1]! : t0)) / 1000).slice(o.warmup);
   tf.dispose([data.x, data.y]);
@@ -312,12 +317,19 @@ async function main(): Promise<void> {
   const torchSame: TorchResult[] = [];
   const torchAll: TorchResult[] = [];
   const pipe = new Map<string, PipeResult>();
+  const pipe2 = new Map<string, PipeResult>();
   const ms = (s: number) => (s * 1000).toFixed(0);
   for (const [size, batch] of cases) {
     const r = await benchPipe(tf, size, batch, o);
     pipe.set(`${size}x${batch}`, r);
     console.log(`pipe  ${size}x${size} batch ${batch} threads ${info.threads}: ${r.imgPerS.toFixed(2)} img/s (median ${ms(r.medianS)} ms/step of ` +
       `${r.stepsS.map(ms).join(' ')}; loss ${r.finalLoss.toFixed(3)}) load ${load()}`);
+    if (info.name === 'wasm' && allCores >= 2) {
+      const r2 = await benchPipe(tf, size, batch, o, true);
+      pipe2.set(`${size}x${batch}`, r2);
+      console.log(`pipe  ${size}x${size} batch ${batch} 2 threads (data-parallel): ${r2.imgPerS.toFixed(2)} img/s (median ${ms(r2.medianS)} ms/step; ` +
+        `loss ${r2.finalLoss.toFixed(3)}) load ${load()}`);
+    }
     for (const [i, srv] of servers.entries()) {
       if (srv.failed) continue;
       try {
@@ -339,12 +351,13 @@ async function main(): Promise<void> {
   const fmt = (v: number | undefined, d = 2) => (v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(d));
   console.log(`\ngrid model training, img/s (backend ${info.name} ${info.version}, threads ${info.threads}, simd ${info.simd}; ` +
     `median of ${o.steps} steps after ${o.warmup} warm-up; load at end ${load()})`);
-  const head = ['size', 'batch', `pipe (${info.threads}t)`, `torch (${info.threads}t)`, 'torch/pipe', `torch (${allCores}t)`, 'torch all/pipe'];
+  const head = ['size', 'batch', `pipe (${info.threads}t)`, `torch (${info.threads}t)`, 'torch/pipe', 'pipe (2t)', `torch (${allCores}t)`, `torch ${allCores}t/pipe 2t`];
   const rows = cases.map(([s, b]) => {
     const p = pipe.get(`${s}x${b}`)!;
+    const p2 = pipe2.get(`${s}x${b}`)?.imgPerS;
     const t1 = find(torchSame, s, b)?.img_per_s;
     const tn = find(torchAll, s, b)?.img_per_s;
-    return [`${s}x${s}`, `${b}`, fmt(p.imgPerS), fmt(t1), t1 === undefined ? '-' : `${fmt(t1 / p.imgPerS)}x`, fmt(tn), tn === undefined ? '-' : `${fmt(tn / p.imgPerS)}x`];
+    return [`${s}x${s}`, `${b}`, fmt(p.imgPerS), fmt(t1), t1 === undefined ? '-' : `${fmt(t1 / p.imgPerS)}x`, fmt(p2), fmt(tn), tn === undefined || p2 === undefined ? '-' : `${fmt(tn / p2)}x`];
   });
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: string[]) => r.map((c, i) => c.padStart(widths[i]!)).join('  ');
@@ -367,6 +380,9 @@ async function main(): Promise<void> {
     pipe_img_per_s: round(p.imgPerS),
     torch_img_per_s: t ? round(t.img_per_s) : null,
     ratio: t ? round(t.img_per_s / p.imgPerS) : null,
+    // the stage's default on a 2-core machine: two threads, against torch on all cores
+    pipe_2t_img_per_s: pipe2.has(`${key[0]}x${key[1]}`) ? round(pipe2.get(`${key[0]}x${key[1]}`)!.imgPerS) : null,
+    torch_all_cores_img_per_s: find(torchAll, key[0], key[1]) ? round(find(torchAll, key[0], key[1])!.img_per_s) : null,
   }));
 }
 

@@ -9,8 +9,10 @@ import { dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sha256, type CodeDigest } from '../artifacts/digest.js';
 
+// import … from '…', export … from '…', import('…'), and new URL('./…', import.meta.url)
+// (how worker threads are started): each is code the module runs.
 const IMPORT_RE =
-  /(?:^|[^\w$.])(?:import|export)\s+(type\s+)?(?:[\w*{}\s,$]+?\s+from\s+)?['"]([^'"]+)['"]|import\(\s*['"]([^'"]+)['"]\s*\)/g;
+  /(?:^|[^\w$.])(?:import|export)\s+(type\s+)?(?:[\w*{}\s,$]+?\s+from\s+)?['"]([^'"]+)['"]|import\(\s*['"]([^'"]+)['"]\s*\)|new URL\(\s*['"](\.[^'"]+)['"]\s*,\s*import\.meta\.url\s*\)/g;
 
 const fileCache = new Map<string, { hash: string; deps: string[]; packages: string[] }>();
 
@@ -33,7 +35,7 @@ function scan(file: string): { hash: string; deps: string[]; packages: string[] 
   const packages: string[] = [];
   for (const m of text.matchAll(IMPORT_RE)) {
     if (m[1]) continue; // `import type`: erased at run time, cannot change behaviour
-    const spec = (m[2] ?? m[3])!;
+    const spec = (m[2] ?? m[3] ?? m[4])!;
     if (spec.startsWith('.')) {
       let target = resolve(dirname(file), spec);
       if (target.endsWith('.js') && existsSync(target.slice(0, -3) + '.ts')) target = target.slice(0, -3) + '.ts';

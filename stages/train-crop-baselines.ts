@@ -12,6 +12,7 @@ export interface CropTrainSettings {
   learning_rate: number;
   seed: number;
   backend: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
+  threads: 'auto' | 1 | 2;
   filters: number[][];
   dense_units: number;
   checkpoint_every: number;
@@ -22,12 +23,13 @@ export const CLASSES = { gender: 2, age: 7 } as const;
 
 async function run(ctx: StageContext<CropTrainSettings>) {
   const s = ctx.settings;
-  const { initBackend, backendRecord } = await import('./lib/tf-backend.js');
+  const { initBackend, backendRecord, parallelTraining } = await import('./lib/tf-backend.js');
   const { tf, info } = await initBackend(s.backend, { log: ctx.log });
   const ds = await import('./lib/face-dataset.js');
   const { trainLoop } = await import('./lib/train-loop.js');
   const { saveModel } = await import('./lib/tf-model-io.js');
-  const { buildClassifier, labelOf } = await import('./lib/classifier-net.js');
+  const { labelOf } = await import('./lib/classifier-net.js');
+  const { buildRecipe } = await import('./lib/train-recipes.js');
 
   let cropDir: string | undefined;
   for (const dir of Object.values(ctx.inputs)) if ((await fs.readdir(dir)).some((f) => /^train-.*\.tfrecord$/.test(f))) cropDir = dir;
@@ -38,7 +40,8 @@ async function run(ctx: StageContext<CropTrainSettings>) {
   const size = records[0]!.width;
   const classes = CLASSES[s.task];
   ctx.log(`backend ${info.name} (${info.package} ${info.version}); ${records.length} ${size}x${size} crops; task ${s.task} (${classes} classes)`);
-  const model = buildClassifier(tf, { inputSize: size, filters: s.filters, denseUnits: s.dense_units, classes, seed: s.seed });
+  const recipe = { kind: 'classifier' as const, inputSize: size, filters: s.filters, denseUnits: s.dense_units, classes, seed: s.seed };
+  const { model } = buildRecipe(tf, recipe);
   const result = await trainLoop({
     tf,
     model,
@@ -61,6 +64,7 @@ async function run(ctx: StageContext<CropTrainSettings>) {
     signal: ctx.signal,
     progress: (d, t) => ctx.progress(d, t, 'steps'),
     log: ctx.log,
+    parallel: parallelTraining(info, s.threads, recipe, ctx.log),
   });
   const backend = backendRecord(info);
   await saveModel(tf, model, join(ctx.outDir, 'model'), { task: s.task, backend });
@@ -97,6 +101,7 @@ export default {
       learning_rate: { type: 'number', exclusiveMinimum: 0, default: 0.0008 },
       seed: { type: 'integer', default: 1 },
       backend: { enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto' },
+      threads: { enum: ['auto', 1, 2], default: 'auto', description: 'wasm: split each batch over 2 threads; recorded, not keyed' },
       filters: {
         type: 'array',
         items: { type: 'array', minItems: 1, items: { type: 'integer', minimum: 1 } },
@@ -109,7 +114,7 @@ export default {
       log_every: { type: 'integer', minimum: 1, default: 10 },
     },
   },
-  volatileSettings: ['backend'],
+  volatileSettings: ['backend', 'threads'],
   resources: { cpu: 2, gpu: 1, memoryMb: 2048 },
   run,
 } satisfies StageType<CropTrainSettings>;

@@ -11,6 +11,7 @@ export interface GridTrainSettings {
   learning_rate: number;
   seed: number;
   backend: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
+  threads: 'auto' | 1 | 2;
   filters: number[][];
   head: 'conv1x1' | 'passthrough' | 'dense';
   dense_units: number;
@@ -36,6 +37,7 @@ export const schema = {
     learning_rate: { type: 'number', exclusiveMinimum: 0, default: 0.0008, description: 'Adam learning rate' },
     seed: { type: 'integer', default: 1, description: 'Weights initialisation and batch sampling' },
     backend: { enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto', description: 'tfjs backend (recorded, not part of the cache key); env PIPE_TF_BACKEND when auto' },
+    threads: { enum: ['auto', 1, 2], default: 'auto', description: 'wasm: split each batch over 2 threads (auto: when the machine has 2+ cores); recorded, not keyed' },
     filters: {
       type: 'array',
       minItems: 1,
@@ -104,7 +106,9 @@ async function run(ctx: StageContext<GridTrainSettings>) {
   const s = ctx.settings;
   const { initBackend, backendRecord } = await import('./lib/tf-backend.js');
   const { tf, info } = await initBackend(s.backend, { log: ctx.log });
-  const { buildGridModel, gridLoss, ageClassWeights, LOSS_TERMS } = await import('./lib/grid-net.js');
+  const { gridLoss, ageClassWeights, LOSS_TERMS } = await import('./lib/grid-net.js');
+  const { buildRecipe } = await import('./lib/train-recipes.js');
+  const { parallelTraining } = await import('./lib/tf-backend.js');
   const { makeLayout, buildTargets, CHANNELS, gridSizeFor } = await import('./lib/grid-layout.js');
   const ds = await import('./lib/face-dataset.js');
   const { trainLoop } = await import('./lib/train-loop.js');
@@ -140,7 +144,14 @@ async function run(ctx: StageContext<GridTrainSettings>) {
   ctx.log(`backend ${info.name} (${info.package} ${info.version}, threads ${info.threads}, simd ${info.simd}); ${records.length} training images of ${dataSize}px; input ${s.input.multi_scale ? scales.join('/') : size}px; grid ${layout.grid}x${layout.grid}`);
   ctx.log(`age buckets in training data: ${bucketCounts.join(' ')}${ageWeights ? `; age loss weights ${ageWeights.map((w) => w.toFixed(2)).join(' ')}` : ''}`);
 
-  const model = buildGridModel(tf, { filters: s.filters, head: s.head, denseUnits: s.dense_units, seed: s.seed, inputSize: s.input.multi_scale ? null : size });
+  const recipe = {
+    kind: 'grid' as const,
+    net: { filters: s.filters, head: s.head, denseUnits: s.dense_units, seed: s.seed, inputSize: s.input.multi_scale ? null : size },
+    layout,
+    lossWeights: s.loss_weights,
+    ageWeights,
+  };
+  const { model } = buildRecipe(tf, recipe);
   if (s.pretrain !== 'none') await pretrainBackbone(ctx, tf, model, s.pretrain, loadModel);
 
   const makeBatch = async (step: number) => {
@@ -170,6 +181,7 @@ async function run(ctx: StageContext<GridTrainSettings>) {
     signal: ctx.signal,
     progress: (d, t) => ctx.progress(d, t, 'steps'),
     log: ctx.log,
+    parallel: parallelTraining(info, s.threads, recipe, ctx.log),
   });
   const backend = backendRecord(info);
   await saveModel(tf, model, join(ctx.outDir, 'model'), { layout, backend });
@@ -180,6 +192,7 @@ async function run(ctx: StageContext<GridTrainSettings>) {
     backend,
     steps: s.steps,
     resumed_from: result.resumedFrom,
+    training_threads: result.threads,
     train_images: records.length,
     final_loss: last,
     loss_curves: result.curves,
@@ -241,7 +254,7 @@ export default {
   description: 'Train the YOLO-style grid CNN (faces + gender + age in one pass) on TFRecord shards',
   module: import.meta.url,
   schema,
-  volatileSettings: ['backend'],
+  volatileSettings: ['backend', 'threads'],
   resources: { cpu: 2, gpu: 1, memoryMb: 4096 },
   run,
 } satisfies StageType<GridTrainSettings>;

@@ -68,3 +68,34 @@ test('resume from a checkpoint gives the same weights as an uninterrupted run', 
   assert.ok(full.r.curves.total.at(-1)! < full.r.curves.total[0]!, `loss ${full.r.curves.total.join(' ')}`);
   for (const m of [full, interrupted, resumed]) m.model.dispose();
 });
+
+test('data-parallel training on two threads takes the same steps as one thread, up to rounding', async () => {
+  const recipe = { kind: 'grid' as const, net: { filters: [[4], [6], [8]], head: 'conv1x1' as const, denseUnits: 8, seed: 2, inputSize: SIZE }, layout, lossWeights: ones };
+  const run = async (parallel: boolean) => {
+    const model = buildGridModel(tf, recipe.net);
+    const r = await trainLoop({
+      tf,
+      model,
+      steps: 6,
+      learningRate: 0.01,
+      makeBatch,
+      loss: (p, y) => gridLoss(tf, p as never, y as never, layout, ones),
+      terms: LOSS_TERMS,
+      checkpointEvery: 0,
+      logEvery: 1,
+      parallel: parallel ? { recipe, backend: 'wasm' } : undefined,
+    });
+    const weights = model.getWeights().map((w) => Array.from(w.dataSync()));
+    model.dispose();
+    return { r, weights };
+  };
+  const one = await run(false);
+  const two = await run(true);
+  assert.equal(one.r.threads, 1);
+  assert.equal(two.r.threads, 2, 'the worker thread really took half of each batch');
+  // Every batch here has one face per image, so the two half-batch means average to the full mean.
+  let worst = 0;
+  one.weights.forEach((w, i) => w.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - two.weights[i]![j]!)))));
+  assert.ok(worst < 1e-4, `largest weight difference ${worst}`);
+  one.r.curves.total.forEach((l, i) => assert.ok(Math.abs(l - two.r.curves.total[i]!) < 1e-4 * Math.max(1, l), `loss at step ${i + 1}: ${l} vs ${two.r.curves.total[i]}`));
+});

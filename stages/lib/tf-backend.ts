@@ -271,3 +271,19 @@ export async function initBackend(
 export function backendRecord(info: BackendInfo) {
   return { name: info.name, package: info.package, version: info.version, threads: info.threads, simd: info.simd, gpu: info.gpu };
 }
+
+/**
+ * Whether to train data-parallel on two threads: only on wasm (single-threaded under Node; the
+ * native backends use every core already) and only when a second core exists.
+ */
+export function parallelTraining<R>(info: BackendInfo, threads: 'auto' | 1 | 2, recipe: R, log: (line: string) => void): { recipe: R; backend: string } | undefined {
+  const cores = os.availableParallelism();
+  const want = threads === 'auto' ? (info.name === 'wasm' && cores >= 2 ? 2 : 1) : threads;
+  if (want < 2) return undefined;
+  if (info.name !== 'wasm') {
+    log(`threads: ${threads}: the ${info.name} backend uses its own threads; training on one`);
+    return undefined;
+  }
+  log(`training data-parallel on 2 threads (two wasm instances, gradients averaged each step)`);
+  return { recipe, backend: 'wasm' };
+}

@@ -31,6 +31,13 @@ export interface TrainLoopOptions<Term extends string> {
   log?: (line: string) => void;
   /** Stop after this step (tests use it to simulate an interruption). */
   stopAfter?: number;
+  /**
+   * Data-parallel training on a second core: a worker thread builds the same model from this
+   * recipe and computes the gradients of half of each batch while this thread does the other
+   * half; the averaged gradients take one Adam step here. Numerically a different (equally
+   * valid) summation than one thread, so results match one-thread training only closely.
+   */
+  parallel?: { recipe: import('./train-recipes.js').Recipe; backend: string };
 }
 
 export interface Curves {
@@ -41,6 +48,8 @@ export interface Curves {
 
 export interface TrainResult {
   curves: Curves;
+  /** 2 when steps ran data-parallel on a worker thread too. */
+  threads: number;
   resumedFrom: number;
   stepsRun: number;
   secondsPerStep: number;
@@ -71,53 +80,129 @@ export async function trainLoop<Term extends string>(o: TrainLoopOptions<Term>):
     windowSteps = restored.windowSteps;
     o.log?.(`resumed from checkpoint at step ${start} of ${o.steps}`);
   }
+  const helper = o.parallel && start < o.steps ? await GradHelper.start(o.parallel.recipe, o.parallel.backend) : undefined;
   const t0 = performance.now();
   let next = start < o.steps ? o.makeBatch(start) : undefined;
   let step = start;
-  for (; step < o.steps; step++) {
-    o.signal?.throwIfAborted();
-    const batch = await next!;
-    // Decode the next batch (sharp, off the main thread) while this step trains.
-    next = step + 1 < o.steps ? o.makeBatch(step + 1) : undefined;
-    let termTensors: Record<string, TF.Scalar> = {};
-    const total = optimizer.minimize(
-      () => {
-        const pred = model.apply(batch.x, { training: true }) as TF.Tensor;
-        const { total, terms } = o.loss(pred, batch.y);
-        termTensors = Object.fromEntries(Object.entries(terms).map(([k, v]) => [k, tf.keep(v as TF.Scalar)]));
-        return total;
-      },
-      true,
-      vars,
-    )!;
-    const values = await Promise.all([total, ...Object.values(termTensors)].map((t) => t.data()));
-    tf.dispose([total, ...Object.values(termTensors), batch.x, batch.y]);
-    const names = ['total', ...Object.keys(termTensors)];
-    names.forEach((n, i) => (window[n] = (window[n] ?? 0) + values[i]![0]!));
-    windowSteps++;
-    if (!Number.isFinite(values[0]![0]!)) throw new Error(`loss is ${values[0]![0]} at step ${step + 1}: lower learning_rate or check the data`);
-    const done = step + 1;
-    if (windowSteps >= o.logEvery || done === o.steps) {
-      curves.step.push(done);
-      for (const n of names) (curves[n] ??= []).push(window[n]! / windowSteps);
-      window = {};
-      windowSteps = 0;
+  try {
+    for (; step < o.steps; step++) {
+      o.signal?.throwIfAborted();
+      const batch = await next!;
+      // Decode the next batch (sharp, off the main thread) while this step trains.
+      next = step + 1 < o.steps ? o.makeBatch(step + 1) : undefined;
+      let termTensors: Record<string, TF.Scalar> = {};
+      const n = batch.x.shape[0]!;
+      let names: string[];
+      let values: ArrayLike<number>[];
+      if (helper && n >= 2) {
+        // This thread takes the first part of the batch, the worker the rest, at the same weights.
+        const mine = n - Math.floor(n / 2);
+        const theirs = n - mine;
+        const part = (t: TF.Tensor, from: number, size: number) => t.slice([from], [size]);
+        const [xb, yb] = [part(batch.x, mine, theirs), part(batch.y, mine, theirs)];
+        const reply = helper.request({
+          weights: vars.map((v) => new Float32Array(v.dataSync() as Float32Array)),
+          x: new Float32Array(xb.dataSync() as Float32Array),
+          xShape: xb.shape,
+          y: new Float32Array(yb.dataSync() as Float32Array),
+          yShape: yb.shape,
+        });
+        const [xa, ya] = [part(batch.x, 0, mine), part(batch.y, 0, mine)];
+        const { value, grads } = tf.variableGrads(() => {
+          const { total, terms } = o.loss(model.apply(xa, { training: true }) as TF.Tensor, ya);
+          termTensors = Object.fromEntries(Object.entries(terms).map(([k, v]) => [k, tf.keep(v as TF.Scalar)]));
+          return total;
+        }, vars);
+        const r = await reply;
+        const wa = mine / n;
+        const wb = theirs / n;
+        const averaged = Object.fromEntries(
+          vars.map((v, i) => [v.name, tf.tidy(() => grads[v.name]!.mul(wa).add(tf.tensor(r.grads[i]!, v.shape).mul(wb)))]),
+        );
+        optimizer.applyGradients(averaged);
+        const mineValues = await Promise.all([value, ...Object.values(termTensors)].map((t) => t.data()));
+        names = ['total', ...Object.keys(termTensors)];
+        values = names.map((k, i) => [mineValues[i]![0]! * wa + (k === 'total' ? r.total : r.terms[k]!) * wb]);
+        tf.dispose([value, ...Object.values(grads), ...Object.values(averaged), ...Object.values(termTensors), xa, ya, xb, yb, batch.x, batch.y]);
+      } else {
+        const total = optimizer.minimize(
+          () => {
+            const pred = model.apply(batch.x, { training: true }) as TF.Tensor;
+            const { total, terms } = o.loss(pred, batch.y);
+            termTensors = Object.fromEntries(Object.entries(terms).map(([k, v]) => [k, tf.keep(v as TF.Scalar)]));
+            return total;
+          },
+          true,
+          vars,
+        )!;
+        values = await Promise.all([total, ...Object.values(termTensors)].map((t) => t.data()));
+        tf.dispose([total, ...Object.values(termTensors), batch.x, batch.y]);
+        names = ['total', ...Object.keys(termTensors)];
+      }
+      names.forEach((n, i) => (window[n] = (window[n] ?? 0) + values[i]![0]!));
+      windowSteps++;
+      if (!Number.isFinite(values[0]![0]!)) throw new Error(`loss is ${values[0]![0]} at step ${step + 1}: lower learning_rate or check the data`);
+      const done = step + 1;
+      if (windowSteps >= o.logEvery || done === o.steps) {
+        curves.step.push(done);
+        for (const n of names) (curves[n] ??= []).push(window[n]! / windowSteps);
+        window = {};
+        windowSteps = 0;
+      }
+      o.progress?.(done, o.steps);
+      if (o.stateDir && o.checkpointEvery > 0 && done % o.checkpointEvery === 0 && done < o.steps) {
+        await saveCheckpoint(tf, o.stateDir, { step: done, curves, window, windowSteps }, model, optimizer);
+      }
+      if (o.stopAfter !== undefined && done >= o.stopAfter) {
+        step++;
+        break;
+      }
+      // Let progress events and signals through between steps.
+      await new Promise((r) => setImmediate(r));
     }
-    o.progress?.(done, o.steps);
-    if (o.stateDir && o.checkpointEvery > 0 && done % o.checkpointEvery === 0 && done < o.steps) {
-      await saveCheckpoint(tf, o.stateDir, { step: done, curves, window, windowSteps }, model, optimizer);
-    }
-    if (o.stopAfter !== undefined && done >= o.stopAfter) {
-      step++;
-      break;
-    }
-    // Let progress events and signals through between steps.
-    await new Promise((r) => setImmediate(r));
+  } finally {
+    await helper?.stop(); // a live worker thread would keep the process running
   }
   if (next) tf.dispose(Object.values(await next));
   optimizer.dispose();
   const stepsRun = step - start;
-  return { curves, resumedFrom: start, stepsRun, secondsPerStep: stepsRun ? (performance.now() - t0) / 1000 / stepsRun : 0 };
+  return { curves, threads: helper ? 2 : 1, resumedFrom: start, stepsRun, secondsPerStep: stepsRun ? (performance.now() - t0) / 1000 / stepsRun : 0 };
+}
+
+/** The worker thread of data-parallel training (grad-worker.ts), one request at a time. */
+class GradHelper {
+  private pending?: { resolve: (r: import('./grad-worker.js').GradReply) => void; reject: (e: Error) => void };
+
+  private constructor(private readonly worker: import('node:worker_threads').Worker) {
+    worker.on('message', (m: import('./grad-worker.js').GradReply & { error?: string }) => {
+      const p = this.pending;
+      this.pending = undefined;
+      if (m.error) p?.reject(new Error(`gradient worker: ${m.error}`));
+      else p?.resolve(m);
+    });
+    worker.on('error', (err) => this.pending?.reject(err));
+  }
+
+  static async start(recipe: import('./train-recipes.js').Recipe, backend: string): Promise<GradHelper> {
+    const { Worker } = await import('node:worker_threads');
+    const worker = new Worker(new URL('./grad-worker.js', import.meta.url), { workerData: { recipe, backend } });
+    await new Promise<void>((resolve, reject) => {
+      worker.once('message', () => resolve());
+      worker.once('error', reject);
+    });
+    return new GradHelper(worker);
+  }
+
+  request(r: import('./grad-worker.js').GradRequest): Promise<import('./grad-worker.js').GradReply> {
+    return new Promise((resolve, reject) => {
+      this.pending = { resolve, reject };
+      this.worker.postMessage(r, [r.x.buffer as ArrayBuffer, r.y.buffer as ArrayBuffer, ...r.weights.map((w) => w.buffer as ArrayBuffer)]);
+    });
+  }
+
+  async stop(): Promise<void> {
+    await this.worker.terminate();
+  }
 }
 
 async function tensorsToBuffer(tensors: { name: string; tensor: TF.Tensor }[]) {
