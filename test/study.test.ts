@@ -44,7 +44,9 @@ test('the quickstart model detects faces clearly better than an untrained one', 
   const trained = show([]);
   const untrainedRun = pipeSync(['run', file, '--json', '--set', 'train-grid-model.steps=1'], { cwd: repoRoot, env });
   assert.equal(untrainedRun.code, 0, untrainedRun.stderr);
-  assert.equal(summary(untrainedRun).ran, 2, 'only the model and its evaluation rerun');
+  // Only the model and its evaluation depend on `steps` (they may be cached from an earlier npm test).
+  const ran = untrainedRun.json.filter((j) => j.type === 'stage' && j.status === 'ran').map((j) => j.stage).sort();
+  assert.ok(ran.length === 0 || ran.join() === 'evaluate,train-grid-model', `reran: ${ran.join(', ')}`);
   const untrained = show(['--set', 'train-grid-model.steps=1']);
   assert.ok(trained.iou > untrained.iou + 0.3, `trained IoU ${trained.iou} vs untrained ${untrained.iou}`);
   assert.ok(trained.ap50 > untrained.ap50 + 0.3, `trained AP50 ${trained.ap50} vs untrained ${untrained.ap50}`);
