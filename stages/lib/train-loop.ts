@@ -148,6 +148,11 @@ export async function trainLoop<Term extends string>(o: TrainLoopOptions<Term>):
         for (const n of names) (curves[n] ??= []).push(window[n]! / windowSteps);
         window = {};
         windowSteps = 0;
+        // About ten loss lines per training in the stage's log (`pipe show`, `--verbose`).
+        const every = Math.max(1, Math.round(o.steps / o.logEvery / 10));
+        if (curves.step.length % every === 0 || done === o.steps) {
+          o.log?.(`step ${done}/${o.steps}: ${names.map((n) => `${n} ${curves[n]!.at(-1)!.toFixed(4)}`).join(', ')}`);
+        }
       }
       o.progress?.(done, o.steps);
       if (o.stateDir && o.checkpointEvery > 0 && done % o.checkpointEvery === 0 && done < o.steps) {
