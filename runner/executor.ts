@@ -144,7 +144,7 @@ export async function runExperiments(experiments: Experiment[], opts: RunOptions
         type: inst.type.name,
         experiment: exp.name,
         keyFields: fields as unknown as Record<string, unknown>,
-        volatile: { ...inst.volatile, ...(typeof metrics.backend === 'object' || typeof metrics.backend === 'string' ? { backend: metrics.backend } : {}) },
+        volatile: inst.volatile,
         metrics,
         startedAt: startedAt.toISOString(),
         seconds: (performance.now() - t0) / 1000,
@@ -275,17 +275,21 @@ export async function planExperiments(
       const ref = await store.readRef(exp.name, name);
       const prev = ref ? ((await readManifestFields(store, ref.key)) as KeyFields | undefined) : undefined;
       let entry: PlanEntry & { prospective: string };
-      const problem = exp.unavailable.length
-        ? `cannot run here: the experiment requires ${exp.unavailable.join(', ')} (absent)`
-        : await keyFields(inst, {}, store.statCache, projectRoot).then(
-            () => undefined,
-            (err: unknown) => `cannot compute its key: ${errorText(err)}`,
-          );
-      if (problem) {
-        entry = { experiment: exp.name, stage: name, action: 'run', key: null, reasons: [problem], prospective: `${exp.name}\u0000${name}`, ...(exp.unavailable.length ? { unavailable: true } : {}) };
+      // Everything but the upstream digests, computed once per node.
+      let base: KeyFields | undefined;
+      let problem: string | undefined;
+      if (exp.unavailable.length) problem = `cannot run here: the experiment requires ${exp.unavailable.join(', ')} (absent)`;
+      else {
+        try {
+          base = await keyFields(inst, {}, store.statCache, projectRoot);
+        } catch (err) {
+          problem = `cannot compute its key: ${errorText(err)}`;
+        }
+      }
+      if (!base) {
+        entry = { experiment: exp.name, stage: name, action: 'run', key: null, reasons: [problem!], prospective: `${exp.name}\u0000${name}`, ...(exp.unavailable.length ? { unavailable: true } : {}) };
       } else if (pending.length === 0) {
-        const upstream = Object.fromEntries(inst.needs.map((n, i) => [n, ups[i]!.manifest!.outputs.tree]));
-        const fields = await keyFields(inst, upstream, store.statCache, projectRoot);
+        const fields: KeyFields = { ...base, upstream: Object.fromEntries(inst.needs.map((n, i) => [n, ups[i]!.manifest!.outputs.tree])) };
         const key = keyOf(fields);
         const manifest = force?.has(name) ? undefined : await store.readManifest(key);
         let reasons: string[] = [];
@@ -296,9 +300,8 @@ export async function planExperiments(
         }
         entry = { experiment: exp.name, stage: name, action: manifest ? 'cached' : 'run', key, reasons, manifest, prospective: key };
       } else {
-        const partial = await keyFields(inst, {}, store.statCache, projectRoot);
-        const reasons = explainChange(prev, { ...partial, upstream: undefined }, pending.map((u) => u.stage));
-        const prospective = sha256(canonicalJson({ ...partial, upstream: ups.map((u) => u.prospective) }));
+        const reasons = explainChange(prev, { ...base, upstream: undefined }, pending.map((u) => u.stage));
+        const prospective = sha256(canonicalJson({ ...base, upstream: ups.map((u) => u.prospective) }));
         entry = { experiment: exp.name, stage: name, action: 'run', key: null, reasons, prospective };
       }
       if (entry.action === 'run') {

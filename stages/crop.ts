@@ -40,12 +40,12 @@ export default {
   async run(ctx) {
     const t0 = performance.now();
     const s = ctx.settings;
-    const { BadItems, ageBucketOf, imageConcurrency, singleInput, writeMetrics } = await import('./lib/face-rows.js');
+    const { BadItems, sourceArchiveProblems, ageBucketOf, imageConcurrency, singleInput, writeMetrics } = await import('./lib/face-rows.js');
     const { loadKeptSources } = await import('./lib/kept-rows.js');
     const { forEachWantedImage } = await import('./lib/image-archive.js');
     const { cropRect } = await import('./lib/face-geometry.js');
     const { cropImage } = await import('./lib/face-images.js');
-    const { ShardSet, checkShardSettings, shardTotals } = await import('./lib/face-shards.js');
+    const { ShardSet, checkShardSettings, shardMetrics } = await import('./lib/face-shards.js');
     const { encodeCropExample } = await import('./lib/face-records.js');
     type MetaRow = import('./lib/face-rows.js').MetaImageRow;
 
@@ -76,32 +76,22 @@ export default {
             crops++;
           }
         },
-        missing(_group, archive, member, reason) {
-          ctx.progress(++done, kept.images, 'images');
-          bad.report('missing', `${archive}: ${member}`, reason);
-        },
-        damaged(_group, archive, member, detail) {
-          ctx.progress(++done, kept.images, 'images');
-          bad.report('damaged_archive', `${archive}: ${member}`, `${detail}; the rest of this archive is not read`);
-        },
+        ...sourceArchiveProblems(bad, () => ctx.progress(++done, kept.images, 'images')),
       });
     } finally {
       perFile = await shards.close();
     }
     bad.finish();
-    const totals = shardTotals(perFile);
+    const totals = shardMetrics(perFile);
     const seconds = (performance.now() - t0) / 1000;
     const metrics = {
-      records: perFile,
-      total_records: totals.records,
-      train_records: totals.train,
-      test_records: totals.test,
+      ...totals,
       rows_in: kept.rows,
       images_in: kept.images,
       skipped: bad.counts,
     };
     const all = await writeMetrics(ctx.outDir, metrics, { seconds });
-    ctx.log(`crop: ${crops} crops of ${s.size}px (margin ${s.margin}) in ${s.count} files (${totals.train} train, ${totals.test} test), ${bad.total} skipped`);
+    ctx.log(`crop: ${crops} crops of ${s.size}px (margin ${s.margin}) in ${s.count} files (${totals.train_records} train, ${totals.test_records} test), ${bad.total} skipped`);
     return all;
   },
 } satisfies StageType<CropSettings>;

@@ -6,6 +6,7 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { StageContext, StageType } from '../runner/stage-type.js';
+import type { FaceRecord } from './lib/face-dataset.js';
 
 interface EvaluateSettings {
   threshold: number;
@@ -19,27 +20,29 @@ interface EvaluateSettings {
 
 type Tf = typeof import('@tensorflow/tfjs');
 
+/** The needed outputs by what they hold; the test splits are read once, here. */
 async function findInputs(ctx: StageContext<EvaluateSettings>) {
   const { loadRecords, shardFiles } = await import('./lib/face-dataset.js');
   let modelDir: string | undefined;
-  let shards: string | undefined;
-  let crops: string | undefined;
-  const classifiers: Record<string, string> = {};
-  for (const [name, dir] of Object.entries(ctx.inputs)) {
+  let shards: { dir: string; test: FaceRecord[] } | undefined;
+  let crops: FaceRecord[] | undefined;
+  const classifiers: Record<string, { dir: string; inputSize: number }> = {};
+  for (const dir of Object.values(ctx.inputs)) {
     const files = await fs.readdir(dir);
     if (files.includes('layout.json')) modelDir = dir;
-    else if (files.includes('classifier.json')) classifiers[JSON.parse(await fs.readFile(join(dir, 'classifier.json'), 'utf8')).task] = dir;
-    else if (files.some((f) => /^test-.*\.tfrecord$/.test(f))) {
-      // Shards carry face boxes; crops are the face itself.
-      const [first] = await loadRecords((await shardFiles(dir, 'test')).slice(0, 1));
-      const boxed = first && first.faces.some((f) => !(f.box[0] === 0 && f.box[1] === 0 && f.box[2] === first.width && f.box[3] === first.height));
-      if (boxed || !first) shards ??= dir;
-      else crops ??= dir;
+    else if (files.includes('classifier.json')) {
+      const info = JSON.parse(await fs.readFile(join(dir, 'classifier.json'), 'utf8'));
+      classifiers[info.task] = { dir, inputSize: info.inputSize };
     }
-    void name;
+    else if (files.some((f) => /^test-.*\.tfrecord$/.test(f))) {
+      // Shards locate their faces; crops are the face itself.
+      const test = await loadRecords(shardFiles(dir, 'test'), ctx.signal);
+      if (test.some((r) => r.boxed)) shards ??= { dir, test };
+      else crops ??= test;
+    }
   }
   if (!modelDir) throw new Error(`${ctx.stageName}: needs a train-grid-model stage (an output with layout.json)`);
-  if (!shards) throw new Error(`${ctx.stageName}: needs a shard stage with test-*.tfrecord files`);
+  if (!shards) throw new Error(`${ctx.stageName}: needs a shard stage with test-*.tfrecord files of boxed faces`);
   return { modelDir, shards, crops, classifiers };
 }
 
@@ -58,8 +61,7 @@ async function run(ctx: StageContext<EvaluateSettings>) {
   const inputs = await findInputs(ctx);
   const layout = JSON.parse(await fs.readFile(join(inputs.modelDir, 'layout.json'), 'utf8'));
   const model = await loadModel(tf, join(inputs.modelDir, 'model'));
-  const test = await ds.loadRecords(await ds.shardFiles(inputs.shards, 'test'), ctx.signal);
-  if (test.length === 0) throw new Error(`no test records in ${inputs.shards}`);
+  const test = inputs.shards.test;
   const size = layout.inputSize as number;
   ctx.log(`backend ${info.name} (${info.package} ${info.version}); ${test.length} test images at ${size}px`);
 
@@ -124,13 +126,13 @@ async function run(ctx: StageContext<EvaluateSettings>) {
   // ---- crop baselines on ground-truth crops ----
   const classifiers: Record<string, import('@tensorflow/tfjs').LayersModel> = {};
   const classifierSize: Record<string, number> = {};
-  for (const [task, dir] of Object.entries(inputs.classifiers)) {
+  for (const [task, { dir, inputSize }] of Object.entries(inputs.classifiers)) {
     classifiers[task] = await loadModel(tf, join(dir, 'model'));
-    classifierSize[task] = JSON.parse(await fs.readFile(join(dir, 'classifier.json'), 'utf8')).inputSize;
+    classifierSize[task] = inputSize;
   }
   const cropAcc: Record<string, number | null> = { gender: null, age: null };
   if (inputs.crops && Object.keys(classifiers).length) {
-    const crops = await ds.loadRecords(await ds.shardFiles(inputs.crops, 'test'), ctx.signal);
+    const crops = inputs.crops;
     for (const [task, m] of Object.entries(classifiers)) {
       const labelled = crops.filter((r) => labelOf(r, task as 'gender' | 'age') >= 0);
       let right = 0;

@@ -43,7 +43,7 @@ export default {
   async run(ctx) {
     const t0 = performance.now();
     const s = ctx.settings;
-    const { BadItems, JsonlWriter, ageBucketOf, imageConcurrency, singleInput, writeMetrics } = await import('./lib/face-rows.js');
+    const { BadItems, sourceArchiveProblems, JsonlWriter, ageBucketOf, imageConcurrency, singleInput, writeMetrics } = await import('./lib/face-rows.js');
     const { loadKeptSources } = await import('./lib/kept-rows.js');
     const { TarFileWriter, forEachWantedImage } = await import('./lib/image-archive.js');
     const { letterboxBox, letterboxGeometry } = await import('./lib/face-geometry.js');
@@ -97,14 +97,7 @@ export default {
           await out.write(row);
           written++;
         },
-        missing(_group, archive, member, reason) {
-          ctx.progress(++done, kept.images, 'images');
-          bad.report('missing', `${archive}: ${member}`, reason);
-        },
-        damaged(_group, archive, member, detail) {
-          ctx.progress(++done, kept.images, 'images');
-          bad.report('damaged_archive', `${archive}: ${member}`, `${detail}; the rest of this archive is not read`);
-        },
+        ...sourceArchiveProblems(bad, () => ctx.progress(++done, kept.images, 'images')),
       });
       await tar.close();
     } catch (err) {

@@ -47,7 +47,7 @@ export default {
     const { BadItems, imageConcurrency, readJsonlStrict, singleInput, writeMetrics } = await import('./lib/face-rows.js');
     const { forEachWantedImage } = await import('./lib/image-archive.js');
     const { cellTarget } = await import('./lib/face-geometry.js');
-    const { ShardSet, checkShardSettings, shardTotals } = await import('./lib/face-shards.js');
+    const { ShardSet, checkShardSettings, shardMetrics } = await import('./lib/face-shards.js');
     const { encodeFaceExample } = await import('./lib/face-records.js');
     const { decodeRgb, reencode } = await import('./lib/face-images.js');
     type Row = import('./lib/face-rows.js').LetterboxRow;
@@ -102,13 +102,10 @@ export default {
       perFile = await shards.close();
     }
     bad.finish();
-    const totals = shardTotals(perFile);
+    const totals = shardMetrics(perFile);
     const seconds = (performance.now() - t0) / 1000;
     const metrics = {
-      records: perFile,
-      total_records: totals.records,
-      train_records: totals.train,
-      test_records: totals.test,
+      ...totals,
       faces,
       encoding: s.encoding,
       passed_through: passedThrough,
@@ -119,7 +116,7 @@ export default {
     await fsp.copyFile(path.join(dir, 'letterbox.json'), path.join(ctx.outDir, 'letterbox.json')).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw err;
     });
-    ctx.log(`shard: ${totals.records} records (${totals.train} train, ${totals.test} test, ${faces} faces) in ${s.count} files, ` +
+    ctx.log(`shard: ${totals.total_records} records (${totals.train_records} train, ${totals.test_records} test, ${faces} faces) in ${s.count} files, ` +
       `${s.encoding}${passedThrough ? ` (${passedThrough} passed through)` : ''}, ${bad.total} skipped`);
     return all;
   },

@@ -26,22 +26,20 @@ async function run(ctx: StageContext<CropTrainSettings>) {
   const { initBackend, backendRecord, parallelTraining } = await import('./lib/tf-backend.js');
   const { tf, info } = await initBackend(s.backend, { log: ctx.log });
   const ds = await import('./lib/face-dataset.js');
-  const { trainLoop } = await import('./lib/train-loop.js');
+  const { trainLoop, stageLoopOptions } = await import('./lib/train-loop.js');
   const { saveModel } = await import('./lib/tf-model-io.js');
   const { labelOf } = await import('./lib/classifier-net.js');
   const { buildRecipe } = await import('./lib/train-recipes.js');
 
-  let cropDir: string | undefined;
-  for (const dir of Object.values(ctx.inputs)) if ((await fs.readdir(dir)).some((f) => /^train-.*\.tfrecord$/.test(f))) cropDir = dir;
-  if (!cropDir) throw new Error(`${ctx.stageName}: needs a \`crop\` stage that provides train-*.tfrecord crops`);
-  const all = await ds.loadRecords(await ds.shardFiles(cropDir, 'train'), ctx.signal);
+  const cropDir = ds.trainingShardDir(ctx.inputs, ctx.stageName, 'train-*.tfrecord face crops (a `crop` stage)');
+  const all = await ds.loadRecords(ds.shardFiles(cropDir, 'train'), ctx.signal);
   const records = all.filter((r) => labelOf(r, s.task) >= 0);
   if (records.length === 0) throw new Error(`no labelled ${s.task} crops in ${cropDir}`);
   const size = records[0]!.width;
   const classes = CLASSES[s.task];
   ctx.log(`backend ${info.name} (${info.package} ${info.version}); ${records.length} ${size}x${size} crops; task ${s.task} (${classes} classes)`);
   const recipe = { kind: 'classifier' as const, inputSize: size, filters: s.filters, denseUnits: s.dense_units, classes, seed: s.seed };
-  const { model } = buildRecipe(tf, recipe);
+  const { model, loss } = buildRecipe(tf, recipe);
   const result = await trainLoop({
     tf,
     model,
@@ -53,23 +51,16 @@ async function run(ctx: StageContext<CropTrainSettings>) {
       const labels = batch.map((r) => labelOf(r, s.task));
       return { x: tf.tensor4d(pixels, [batch.length, size, size, 3]), y: tf.oneHot(tf.tensor1d(labels, 'int32'), classes) };
     },
-    loss: (pred, y) => {
-      const ce = tf.losses.softmaxCrossEntropy(y, pred) as import('@tensorflow/tfjs').Scalar;
-      return { total: ce, terms: { cross_entropy: ce } };
-    },
+    loss,
     terms: ['cross_entropy'] as const,
-    stateDir: ctx.stateDir,
-    checkpointEvery: s.checkpoint_every,
-    logEvery: s.log_every,
-    signal: ctx.signal,
-    progress: (d, t) => ctx.progress(d, t, 'steps'),
-    log: ctx.log,
+    ...stageLoopOptions(ctx),
     parallel: parallelTraining(info, s.threads, recipe, ctx.log),
   });
   const backend = backendRecord(info);
   await saveModel(tf, model, join(ctx.outDir, 'model'), { task: s.task, backend });
   model.dispose();
-  const labels = s.task === 'gender' ? ['female', 'male'] : Array.from({ length: 7 }, (_, i) => `${10 + 10 * i}-${19 + 10 * i}`);
+  const { GENDER_LABELS, AGE_LABELS } = await import('./lib/grid-layout.js');
+  const labels = s.task === 'gender' ? GENDER_LABELS : AGE_LABELS;
   await fs.writeFile(join(ctx.outDir, 'classifier.json'), JSON.stringify({ task: s.task, classes, labels, inputSize: size, input: { scale: 1 / 255, channelsOrder: 'RGB' } }, null, 2));
   await fs.writeFile(
     join(ctx.outDir, 'metrics.json'),

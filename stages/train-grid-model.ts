@@ -94,28 +94,20 @@ export const schema = {
   },
 };
 
-async function findDir(ctx: StageContext<any>, file: (names: string[]) => boolean, what: string): Promise<string> {
-  for (const [name, dir] of Object.entries(ctx.inputs)) {
-    if (file(await fs.readdir(dir))) return dir;
-    void name;
-  }
-  throw new Error(`${ctx.stageName}: none of its needed stages (${Object.keys(ctx.inputs).join(', ') || 'none'}) provides ${what}`);
-}
-
 async function run(ctx: StageContext<GridTrainSettings>) {
   const s = ctx.settings;
   const { initBackend, backendRecord } = await import('./lib/tf-backend.js');
   const { tf, info } = await initBackend(s.backend, { log: ctx.log });
-  const { gridLoss, ageClassWeights, LOSS_TERMS } = await import('./lib/grid-net.js');
+  const { ageClassWeights, LOSS_TERMS } = await import('./lib/grid-net.js');
   const { buildRecipe } = await import('./lib/train-recipes.js');
   const { parallelTraining } = await import('./lib/tf-backend.js');
   const { makeLayout, buildTargets, CHANNELS, gridSizeFor } = await import('./lib/grid-layout.js');
   const ds = await import('./lib/face-dataset.js');
-  const { trainLoop } = await import('./lib/train-loop.js');
+  const { trainLoop, stageLoopOptions } = await import('./lib/train-loop.js');
   const { saveModel, loadModel } = await import('./lib/tf-model-io.js');
 
-  const shardDir = await findDir(ctx, (n) => n.some((f) => /^train-.*\.tfrecord$/.test(f)), 'train-*.tfrecord shards');
-  const records = await ds.loadRecords(await ds.shardFiles(shardDir, 'train'), ctx.signal);
+  const shardDir = ds.trainingShardDir(ctx.inputs, ctx.stageName, 'train-*.tfrecord shards (a `shard` stage)');
+  const records = await ds.loadRecords(ds.shardFiles(shardDir, 'train'), ctx.signal);
   if (records.length === 0) throw new Error(`no training records in ${shardDir}`);
   const dataSize = records[0]!.width;
   const size = s.input.size ?? dataSize;
@@ -151,7 +143,7 @@ async function run(ctx: StageContext<GridTrainSettings>) {
     lossWeights: s.loss_weights,
     ageWeights,
   };
-  const { model } = buildRecipe(tf, recipe);
+  const { model, loss } = buildRecipe(tf, recipe);
   if (s.pretrain !== 'none') await pretrainBackbone(ctx, tf, model, s.pretrain, loadModel);
 
   const makeBatch = async (step: number) => {
@@ -173,14 +165,9 @@ async function run(ctx: StageContext<GridTrainSettings>) {
     steps: s.steps,
     learningRate: s.learning_rate,
     makeBatch,
-    loss: (pred, y) => gridLoss(tf, pred as never, y as never, layout, s.loss_weights, ageWeights),
+    loss,
     terms: LOSS_TERMS,
-    stateDir: ctx.stateDir,
-    checkpointEvery: s.checkpoint_every,
-    logEvery: s.log_every,
-    signal: ctx.signal,
-    progress: (d, t) => ctx.progress(d, t, 'steps'),
-    log: ctx.log,
+    ...stageLoopOptions(ctx),
     parallel: parallelTraining(info, s.threads, recipe, ctx.log),
   });
   const backend = backendRecord(info);

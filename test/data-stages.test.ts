@@ -1,10 +1,9 @@
 // The face study's data stages (extract-metadata → filter → letterbox → shard, and crop), with
 // run() called directly on hand-made contexts, and once end to end through the real CLI.
 // Source data: synthesize-imdb-wiki output (bad rows included) and small hand-made tars.
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
@@ -24,17 +23,9 @@ import { faceShardFiles, parseFaceExample, readFaceRecords, type FaceRecord } fr
 import { TFRecordError, readAllTFRecords } from '../stages/lib/tfrecord.js';
 import { decodeExample } from '../stages/lib/tf-example.js';
 import type { LetterboxRow, MetaImageRow } from '../stages/lib/face-rows.js';
-import { pipeSync, repoRoot, statuses, summary, writeTree } from './helpers.js';
+import { pipeSync, repoRoot, statuses, summary, writeTree, tempDirs } from './helpers.js';
 
-const made: string[] = [];
-function tempDir(tag: string): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), `pipe-data-${tag}-`));
-  made.push(d);
-  return d;
-}
-after(() => {
-  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
-});
+const tempDir = tempDirs('pipe-data');
 
 function defaults(t: StageType): Record<string, unknown> {
   const props = (t.schema as { properties: Record<string, { default?: unknown }> }).properties;

@@ -1,10 +1,10 @@
 // Unit tests of the face-study data libraries: image probing, archive streaming (damaged tars),
 // the ordered window, filter rules, geometry (letterbox, crops, cells), shard assignment and the
 // record format.
-import { after, test } from 'node:test';
+import { test } from 'node:test';
+import { tempDirs } from './helpers.js';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
@@ -18,15 +18,7 @@ import { encodeCropExample, encodeFaceExample, parseFaceExample } from '../stage
 import { decodeExample } from '../stages/lib/tf-example.js';
 import { cropImage, decodeRgb, letterboxImage, reencode } from '../stages/lib/face-images.js';
 
-const made: string[] = [];
-function tempDir(tag: string): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), `pipe-facelib-${tag}-`));
-  made.push(d);
-  return d;
-}
-after(() => {
-  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
-});
+const tempDir = tempDirs('pipe-facelib');
 
 const jpeg = (w: number, h: number) => sharp({ create: { width: w, height: h, channels: 3, background: { r: 200, g: 90, b: 40 } } }).jpeg().toBuffer();
 

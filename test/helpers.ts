@@ -1,6 +1,7 @@
 // Shared test helpers: locate the repository, make temp projects, run the real CLI.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { after } from 'node:test';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -76,3 +77,16 @@ export { existsSync };
 export const scipyPython: string | undefined = ['/usr/bin/python3', 'python3'].find(
   (py) => spawnSync(py, ['-c', 'import scipy.io'], { encoding: 'utf8' }).status === 0,
 );
+
+/** A temp-dir maker whose folders are removed when the test file ends. */
+export function tempDirs(prefix: string): (tag: string) => string {
+  const made: string[] = [];
+  after(() => {
+    for (const d of made) rmSync(d, { recursive: true, force: true });
+  });
+  return (tag) => {
+    const d = mkdtempSync(join(tmpdir(), `${prefix}-${tag}-`));
+    made.push(d);
+    return d;
+  };
+}

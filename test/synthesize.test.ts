@@ -2,10 +2,10 @@
 // faces, with bad rows) and compose-imdb-wiki (real UTKFace crops on random canvases).
 // The stages' run() is called directly with a hand-made context.
 
-import { after, test } from 'node:test';
+import { test } from 'node:test';
+import { tempDirs } from './helpers.js';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
@@ -18,15 +18,7 @@ import { matlabDatenumToYear, readImdbWikiMeta, type MetaRow } from '../stages/l
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 const utkDir = path.join(repoRoot, '..', 'shared', 'data', 'utkface', 'images');
 
-const made: string[] = [];
-function tempDir(tag: string): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), `pipe-synth-${tag}-`));
-  made.push(d);
-  return d;
-}
-after(() => {
-  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
-});
+const tempDir = tempDirs('pipe-synth');
 
 function makeCtx<S>(settings: S, outDir: string, logs: string[] = []): StageContext<S> {
   return {

@@ -12,6 +12,8 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { initBackend } from '../stages/lib/tf-backend.js';
+import { err, randArray, size } from './kernel-check.js';
+import { mulberry32 } from '../stages/lib/random.js';
 import { REGISTERED_WASM_KERNELS, registerWasmGradKernels, wasmGradKernelsRegistered } from '../stages/lib/wasm-grad-kernels.js';
 
 type Tf = Awaited<ReturnType<typeof initBackend>>['tf'];
@@ -28,41 +30,6 @@ before(async () => {
   // Makes the engine check every kernel for leaked data buffers (and throw).
   tf.env().set('IS_TEST', true);
 });
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Uniform values in [-1, 1); with `levels`, quantised to that many values (for ties). */
-function randArray(n: number, seed: number, levels?: number): Float32Array {
-  const r = rng(seed);
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = r() * 2 - 1;
-    out[i] = levels ? Math.round(u * levels) / levels : u;
-  }
-  return out;
-}
-
-const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
-
-function err(ours: Float32Array, ref: Float32Array): number {
-  assert.equal(ours.length, ref.length, 'length');
-  let diff = 0;
-  let scale = 1;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(ours[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  return Number.isNaN(diff) ? Infinity : diff / scale;
-}
 
 async function useBackend(name: 'wasm' | 'cpu'): Promise<void> {
   await initBackend(name, quiet);
@@ -302,7 +269,7 @@ test('50 Adam steps on wasm reduce the loss on a toy problem', async (t) => {
   await useBackend('wasm');
   // Toy task: which third of a 12x12 image holds a bright 3x3 blob (3 classes).
   const n = 24;
-  const r = rng(800);
+  const r = mulberry32(800);
   const xv = new Float32Array(n * 12 * 12 * 3);
   const lab: number[] = [];
   for (let i = 0; i < n; i++) {

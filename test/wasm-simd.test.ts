@@ -6,6 +6,7 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { initBackend } from '../stages/lib/tf-backend.js';
+import { err, randArray, size } from './kernel-check.js';
 import { simdKernelsFor, simdModuleBytes } from '../stages/lib/wasm-simd.js';
 
 type Tf = Awaited<ReturnType<typeof initBackend>>['tf'];
@@ -19,39 +20,6 @@ before(async () => {
   tf = (await initBackend('wasm', quiet)).tf;
   tf.env().set('IS_TEST', true);
 });
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function randArray(n: number, seed: number, levels?: number): Float32Array {
-  const r = rng(seed);
-  return Float32Array.from({ length: n }, () => {
-    const u = r() * 2 - 1;
-    return levels ? Math.round(u * levels) / levels : u;
-  });
-}
-
-const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
-
-/** max |a-b| / max(1, max |b|); NaN anywhere counts as infinite. */
-function err(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
-  assert.equal(ours.length, ref.length, 'length');
-  let diff = 0;
-  let scale = 1;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(ours[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  return Number.isNaN(diff) ? Infinity : diff / scale;
-}
 
 /** f's result on wasm with SIMD, on wasm without (JavaScript paths), and on cpu. */
 async function threeWays<T>(f: () => T): Promise<{ simd: T; js: T; cpu: T }> {

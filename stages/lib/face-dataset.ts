@@ -1,12 +1,14 @@
 // Face records from TFRecord shards, held in memory in their encoded form (JPEG/PNG bytes are
 // ~15 KB per 250x250 image, so even the full IMDB-WIKI fits), decoded per batch with sharp off
 // the main thread. Random access by index is what makes a batch a pure function of its step.
-import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
+// Parsing and file naming are face-records.ts's (the format's one definition); this module adds
+// holding records encoded in memory and decoding them per batch at a given size.
 import { readTFRecords } from './tfrecord.js';
-import { decodeExample, type ExampleFeatures, type FeatureValue } from './tf-example.js';
+import { decodeExample } from './tf-example.js';
+import { faceShardFiles, parseFaceExample } from './face-records.js';
 import type { Box } from './boxes.js';
 import { mulberry32 } from './random.js';
+import { loadSharp } from './face-images.js';
 
 export interface FaceLabel {
   box: Box;
@@ -23,56 +25,18 @@ export interface FaceRecord {
   width: number;
   channels: number;
   faces: FaceLabel[];
+  /** Whether the record locates its faces (a shard) or is the face itself (a crop). */
+  boxed: boolean;
 }
 
-export async function shardFiles(dir: string, split: 'train' | 'test'): Promise<string[]> {
-  const files = (await fs.readdir(dir)).filter((f) => f.startsWith(`${split}-`) && f.endsWith('.tfrecord')).sort();
-  return files.map((f) => join(dir, f));
+export function shardFiles(dir: string, split: 'train' | 'test'): string[] {
+  return faceShardFiles(dir, split);
 }
 
-function ints(f: ExampleFeatures, name: string): number[] {
-  const v = f[name] as FeatureValue | undefined;
-  return v && 'int64' in v ? v.int64.map(Number) : [];
-}
-function floats(f: ExampleFeatures, name: string): number[] {
-  const v = f[name] as FeatureValue | undefined;
-  return v && 'float' in v ? v.float : [];
-}
-function bytes(f: ExampleFeatures, name: string): Uint8Array | undefined {
-  const v = f[name] as FeatureValue | undefined;
-  return v && 'bytes' in v ? v.bytes[0] : undefined;
-}
-
-export function recordFromExample(f: ExampleFeatures, where: string): FaceRecord {
-  const encoded = bytes(f, 'image/encoded');
-  if (!encoded) throw new Error(`${where}: no image/encoded feature`);
-  const x1 = floats(f, 'face/x1');
-  const y1 = floats(f, 'face/y1');
-  const x2 = floats(f, 'face/x2');
-  const y2 = floats(f, 'face/y2');
-  const gender = ints(f, 'face/gender');
-  const age = ints(f, 'face/age');
-  const bucket = ints(f, 'face/age_bucket');
-  const width = ints(f, 'image/width')[0] ?? 0;
-  const height = ints(f, 'image/height')[0] ?? 0;
-  // Crop records carry labels but no box: the face is the whole image.
-  const n = Math.max(x1.length, gender.length);
-  const faces: FaceLabel[] = Array.from({ length: n }, (_, i) => ({
-    box: (x1.length ? [x1[i]!, y1[i]!, x2[i]!, y2[i]!] : [0, 0, width, height]) as Box,
-    gender: gender[i] ?? -1,
-    age: age[i] ?? -1,
-    ageBucket: bucket[i] ?? -1,
-  }));
-  const format = bytes(f, 'image/format');
-  return {
-    key: new TextDecoder().decode(bytes(f, 'image/key') ?? new Uint8Array()),
-    format: format ? new TextDecoder().decode(format) : 'jpeg',
-    encoded,
-    height,
-    width,
-    channels: ints(f, 'image/channels')[0] ?? 3,
-    faces,
-  };
+/** The needed stage output (by directory) that holds training shards, or a clear error. */
+export function trainingShardDir(inputs: Readonly<Record<string, string>>, stageName: string, what: string): string {
+  for (const dir of Object.values(inputs)) if (faceShardFiles(dir, 'train').length) return dir;
+  throw new Error(`${stageName}: none of its needed stages (${Object.keys(inputs).join(', ') || 'none'}) provides ${what}`);
 }
 
 export async function loadRecords(files: string[], signal?: AbortSignal): Promise<FaceRecord[]> {
@@ -80,8 +44,19 @@ export async function loadRecords(files: string[], signal?: AbortSignal): Promis
   for (const file of files) {
     let i = 0;
     for await (const payload of readTFRecords(file, { signal })) {
-      out.push(recordFromExample(decodeExample(payload), `${file} record ${i}`));
-      i++;
+      const where = `${file}: record ${i++}`;
+      const { key, encoded, faces } = parseFaceExample(decodeExample(payload), where);
+      out.push({
+        key,
+        format: encoded.format,
+        encoded: encoded.bytes,
+        height: encoded.height,
+        width: encoded.width,
+        channels: encoded.channels,
+        // A crop record's face is the whole image.
+        faces: faces.map((f) => ({ box: f.box ?? [0, 0, encoded.width, encoded.height], gender: f.gender, age: f.age, ageBucket: f.age_bucket })),
+        boxed: faces.some((f) => f.box !== undefined),
+      });
     }
   }
   return out;
@@ -89,13 +64,11 @@ export async function loadRecords(files: string[], signal?: AbortSignal): Promis
 
 /** Decode one record to RGB HWC uint8 at `size`x`size` (resizing if the record differs). */
 export async function decodeRecord(r: FaceRecord, size: number): Promise<Uint8Array> {
-  const sharp = (await import('sharp')).default;
-  let img =
-    r.format === 'raw'
-      ? sharp(Buffer.from(r.encoded.buffer, r.encoded.byteOffset, r.encoded.byteLength), { raw: { width: r.width, height: r.height, channels: r.channels as 3 } })
-      : sharp(Buffer.from(r.encoded.buffer, r.encoded.byteOffset, r.encoded.byteLength));
-  if (r.width !== size || r.height !== size) img = img.resize(size, size, { fit: 'fill' });
   if (r.format === 'raw' && r.channels === 3 && r.width === size && r.height === size) return r.encoded;
+  const sharp = await loadSharp();
+  const bytes = Buffer.from(r.encoded.buffer, r.encoded.byteOffset, r.encoded.byteLength);
+  let img = r.format === 'raw' ? sharp(bytes, { raw: { width: r.width, height: r.height, channels: r.channels as 3 } }) : sharp(bytes);
+  if (r.width !== size || r.height !== size) img = img.resize(size, size, { fit: 'fill' });
   const { data, info } = await img.removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
   if (info.channels !== 3) throw new Error(`${r.key}: decoded to ${info.channels} channels, expected 3`);
   return data;

@@ -280,6 +280,23 @@ export class BadItems {
 }
 
 /**
+ * forEachWantedImage's `missing` and `damaged` callbacks for the stages that read the kept
+ * images out of the source archives (letterbox, crop): each counts as done and as a bad item.
+ */
+export function sourceArchiveProblems(bad: BadItems, tick: () => void) {
+  return {
+    missing(_group: unknown, archive: string, member: string, reason: string): void {
+      tick();
+      bad.report('missing', `${archive}: ${member}`, reason);
+    },
+    damaged(_group: unknown, archive: string, member: string, detail: string): void {
+      tick();
+      bad.report('damaged_archive', `${archive}: ${member}`, `${detail}; the rest of this archive is not read`);
+    },
+  };
+}
+
+/**
  * How many images to keep in flight. sharp runs each pipeline on libuv's pool (4 threads unless
  * UV_THREADPOOL_SIZE says otherwise); results are taken in order, so the window is a few times
  * the pool: while the oldest image is still being worked on, the pool has others queued and

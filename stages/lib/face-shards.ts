@@ -77,3 +77,9 @@ export function shardTotals(perFile: Record<string, number>): { records: number;
   }
   return { records: train + test, train, test };
 }
+
+/** The record counts both shard-writing stages report: per file, in all, per split. */
+export function shardMetrics(perFile: Record<string, number>) {
+  const t = shardTotals(perFile);
+  return { records: perFile, total_records: t.records, train_records: t.train, test_records: t.test };
+}

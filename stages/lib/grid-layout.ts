@@ -6,6 +6,8 @@ import { nms, type Box } from './boxes.js';
 export const GENDERS = 2; // index = IMDB-WIKI gender: 0 female, 1 male
 export const AGE_BUCKETS = 7; // (age - 10) // 10: 10-19 … 70-79
 export const CHANNELS = 5 + GENDERS + AGE_BUCKETS; // 14
+export const GENDER_LABELS = ['female', 'male'];
+export const AGE_LABELS = Array.from({ length: AGE_BUCKETS }, (_, i) => `${10 + 10 * i}-${19 + 10 * i}`);
 
 /** Channel offsets within one cell's vector. */
 export const CH = { conf: 0, cy: 1, cx: 2, h: 3, w: 4, gender: 5, age: 5 + GENDERS } as const;
@@ -39,8 +41,8 @@ export function makeLayout(o: { inputSize: number; blocks: number; sqrtWh: boole
     box: { sqrtWh: o.sqrtWh, relative: o.relative, maxCells: 1000 },
     classActivation: o.classActivation ?? 'relu_softmax',
     input: { scale: 1 / 255, padding: o.padding ?? 'bottom-right', channelsOrder: 'RGB' },
-    genderLabels: ['female', 'male'],
-    ageLabels: Array.from({ length: AGE_BUCKETS }, (_, i) => `${10 + 10 * i}-${19 + 10 * i}`),
+    genderLabels: GENDER_LABELS,
+    ageLabels: AGE_LABELS,
   };
 }
 

@@ -40,6 +40,20 @@ export interface TrainLoopOptions<Term extends string> {
   parallel?: { recipe: import('./train-recipes.js').Recipe; backend: string };
 }
 
+/** The options every training stage passes the same way, from its context and settings. */
+export function stageLoopOptions(
+  ctx: import('../../runner/stage-type.js').StageContext<{ checkpoint_every: number; log_every: number }>,
+): Pick<TrainLoopOptions<string>, 'stateDir' | 'checkpointEvery' | 'logEvery' | 'signal' | 'progress' | 'log'> {
+  return {
+    stateDir: ctx.stateDir,
+    checkpointEvery: ctx.settings.checkpoint_every,
+    logEvery: ctx.settings.log_every,
+    signal: ctx.signal,
+    progress: (d, t) => ctx.progress(d, t, 'steps'),
+    log: ctx.log,
+  };
+}
+
 export interface Curves {
   step: number[];
   total: number[];
