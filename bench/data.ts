@@ -29,6 +29,7 @@ import { TarFileWriter, readArchive } from '../stages/lib/image-archive.js';
 import { letterboxGeometry } from '../stages/lib/face-geometry.js';
 import { letterboxImage } from '../stages/lib/face-images.js';
 import { probeJpeg } from '../stages/lib/image-probe.js';
+import { digestFile } from '../artifacts/digest.js';
 
 const { values: opt } = parseArgs({
   options: {
@@ -76,6 +77,7 @@ async function ensureDataset(): Promise<void> {
     },
     log: (l) => console.log(`  ${l}`),
     signal: new AbortController().signal,
+    fileDigest: (file: string) => digestFile(file),
   };
   await synthesize.run(ctx);
   fs.writeFileSync(path.join(dataDir, 'done'), '');

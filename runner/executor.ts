@@ -114,6 +114,7 @@ export async function runExperiments(experiments: Experiment[], opts: RunOptions
       stateDir,
       projectRoot: opts.projectRoot,
       signal,
+      fileDigest: (path: string) => store.statCache.digestFile(path, undefined, signal),
       log: (line: string) => {
         for (const l of String(line).split('\n')) {
           logLines.push(l);

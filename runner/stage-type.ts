@@ -38,6 +38,9 @@ export interface StageContext<S = Record<string, unknown>> {
   progress(done: number, total?: number, unit?: string): void;
   /** One line of the stage's log (stored with the artifact, shown on cache hits with `pipe show`). */
   log(line: string): void;
+  /** sha256 (hex) of a file's bytes, from the runner's content-hash cache: a file the runner
+   * already hashed (an external input of this key) is not read again while it is unchanged. */
+  fileDigest(path: string): Promise<string>;
   /** Aborted on Ctrl-C or when the run fails fast; stages should stop promptly. */
   readonly signal: AbortSignal;
 }

@@ -62,6 +62,7 @@ export default {
       await forEachWantedImage<MetaRow[], Buffer[]>(kept.sources, {
         concurrency: imageConcurrency(),
         signal: ctx.signal,
+        fileDigest: ctx.fileDigest,
         // One pipeline per face; images with several faces are rare.
         work: (data, group) => Promise.all(group.map((r) => cropImage(data, cropRect(r.box!, s.margin, r.width!, r.height!), s.size, s.format, s.quality))),
         async result(r, group, archive, member) {

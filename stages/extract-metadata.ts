@@ -8,13 +8,16 @@
 // (`wiki_crop/17/x.jpg` → `17/x.jpg`).
 //
 // rows.jsonl, one object per .mat row in .mat order (type MetaImageRow in lib/face-rows.ts):
-//   key (full_path), archive {path, sha256} | null, member | null, width, height,
+//   key (full_path), archive {path, sha256} | null, member | null, member_offset | null,
+//   member_bytes | null (where the member's bytes are in an uncompressed tar, so the image
+//   stages read only the kept members), width, height,
 //   image_problem null|'missing'|'corrupt'|'truncated', box [x1,y1,x2,y2] (floor(face_location)-1,
 //   0-based, inclusive) | null, face_score, second_face_score, gender 1|0|null, age | null, name.
 // face_score / second_face_score are JSON numbers when finite and the strings "NaN",
 // "Infinity", "-Infinity" otherwise; other unknowns are null. archive.path is project-relative
 // when the archive is inside the project (absolute otherwise); archive.sha256 is the content
-// digest of the tar, so the rows (and every key downstream) change when the tar does.
+// digest of the tar (from the runner's content-hash cache, which hashed it for this stage's key),
+// so the rows (and every key downstream) change when the tar does.
 // metrics.json: rows, images_seen, joined, missing, corrupt, truncated, unmatched_members,
 // duplicate_members, archive_errors, archives; seconds and mb_per_s are in the returned
 // metrics (the manifest), not in the file (see writeMetrics).
@@ -101,7 +104,10 @@ export default {
       return slash >= 0 ? byPath.get(member.slice(slash + 1)) : undefined;
     };
 
-    interface Found { source: number; member: string; width: number | null; height: number | null; problem: Problem | null }
+    interface Found {
+      source: number; member: string; offset: number | null; bytes: number | null;
+      width: number | null; height: number | null; problem: Problem | null;
+    }
     const found = new Array<Found | undefined>(rows.length);
     const bad = new BadItems('extract-metadata', (l) => ctx.log(l), ctx.settings.strict);
     const sources = images.map((p) => ({ path: recordedPath(ctx.projectRoot, p), sha256: '', bytes: 0 }));
@@ -129,9 +135,13 @@ export default {
     for (const [si, abs] of images.entries()) {
       const src = sources[si]!;
       const isDir = stats[si]!.isDirectory();
+      // A tar's digest comes from the runner's cache (no second pass over its bytes); a
+      // directory's is made while walking it.
+      if (!isDir) src.sha256 = await ctx.fileDigest(abs);
       for await (const ev of readArchive(abs, {
         want: (n) => lookup(n) !== undefined,
         signal: ctx.signal,
+        digest: isDir,
         onBytes: (b) => ctx.progress(Math.round((doneBytes + b) / 1e6), totalMb, 'MB'),
       })) {
         if (isDir) ctx.progress(imagesSeen, undefined, 'images');
@@ -147,18 +157,18 @@ export default {
           }
           const p = await probeImage(ev.data);
           if (p.problem) bad.report(p.problem, `${src.path}: ${ev.name}`, p.detail);
-          assign(idxs, { source: si, member: ev.name, width: p.width, height: p.height, problem: p.problem });
+          assign(idxs, { source: si, member: ev.name, offset: ev.offset, bytes: ev.offset === null ? null : ev.data.length, width: p.width, height: p.height, problem: p.problem });
         } else if (ev.kind === 'damaged') {
           archiveErrors++;
           bad.report('damaged_archive', `${src.path}: ${ev.member ?? '(between members)'}`, `${ev.detail}; the rest of this archive is not read`);
           if (ev.member !== null) {
             imagesSeen++;
             const idxs = lookup(ev.member);
-            if (idxs) assign(idxs, { source: si, member: ev.member, width: null, height: null, problem: 'truncated' });
+            if (idxs) assign(idxs, { source: si, member: ev.member, offset: null, bytes: null, width: null, height: null, problem: 'truncated' });
             else unmatched++;
           }
         } else {
-          src.sha256 = ev.sha256;
+          if (ev.sha256 !== null) src.sha256 = ev.sha256;
           src.bytes = ev.bytes;
         }
       }
@@ -178,6 +188,8 @@ export default {
           key: m.full_path,
           archive: f ? { path: sources[f.source]!.path, sha256: sources[f.source]!.sha256 } : null,
           member: f ? f.member : null,
+          member_offset: f ? f.offset : null,
+          member_bytes: f ? f.bytes : null,
           width: f ? f.width : null,
           height: f ? f.height : null,
           image_problem: f ? f.problem : 'missing',

@@ -68,6 +68,7 @@ export default {
       await forEachWantedImage<import('./lib/face-rows.js').MetaImageRow[], { data: Buffer; g: Geometry }>(kept.sources, {
         concurrency,
         signal: ctx.signal,
+        fileDigest: ctx.fileDigest,
         async work(data, group) {
           const g = letterboxGeometry(group[0]!.width!, group[0]!.height!, s.size, s.padding);
           return { data: await letterboxImage(data, g, s.format, s.quality), g };

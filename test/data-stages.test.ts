@@ -24,6 +24,7 @@ import { TFRecordError, readAllTFRecords } from '../stages/lib/tfrecord.js';
 import { decodeExample } from '../stages/lib/tf-example.js';
 import type { LetterboxRow, MetaImageRow } from '../stages/lib/face-rows.js';
 import { pipeSync, repoRoot, statuses, summary, writeTree, tempDirs } from './helpers.js';
+import { digestFile } from '../artifacts/digest.js';
 
 const tempDir = tempDirs('pipe-data');
 
@@ -57,6 +58,7 @@ async function runStage(
     },
     log(line) { logs.push(line); },
     signal: signal ?? new AbortController().signal,
+    fileDigest: (file: string) => digestFile(file),
   };
   const returned = (await t.run(ctx)) as Record<string, unknown>;
   const file = JSON.parse(fs.readFileSync(path.join(dir, 'metrics.json'), 'utf8'));

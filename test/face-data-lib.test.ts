@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import sharp from 'sharp';
 import * as tarStream from 'tar-stream';
 import { probeImage, probeJpeg, probePng } from '../stages/lib/image-probe.js';
-import { OrderedWindow, TarFileWriter, forEachWantedImage, normaliseMemberName, readArchive, type ArchiveEvent } from '../stages/lib/image-archive.js';
+import { OrderedWindow, TarFileWriter, forEachWantedImage, normaliseMemberName, readArchive, readLocated, tarHeaderMismatch, type ArchiveEvent } from '../stages/lib/image-archive.js';
 import { BadItems, FILTER_RULES, firstFailedRule, jsonNumber, numberOf, readJsonl, recordedPath, type MetaImageRow } from '../stages/lib/face-rows.js';
 import { cellTarget, cropRect, letterboxBox, letterboxGeometry } from '../stages/lib/face-geometry.js';
 import { shardFileName, shardOf, splitOfShard, shardTotals } from '../stages/lib/face-shards.js';
@@ -226,7 +226,7 @@ test('TarFileWriter: same members give the same bytes', async () => {
 });
 
 const goodRow: MetaImageRow = {
-  key: '17/x.jpg', archive: { path: 'a.tar', sha256: 'ab' }, member: 'wiki_crop/17/x.jpg', width: 300, height: 200,
+  key: '17/x.jpg', archive: { path: 'a.tar', sha256: 'ab' }, member: 'wiki_crop/17/x.jpg', member_offset: 512, member_bytes: 1000, width: 300, height: 200,
   image_problem: null, box: [10, 10, 100, 120], face_score: 3, second_face_score: 'NaN', gender: 1, age: 30, name: 'n',
 };
 const FS = { min_face_score: 1.5, min_side: 150, min_age: 10, max_age: 80, single_face: true };
@@ -376,4 +376,133 @@ test('face-images: grey and RGBA inputs come out 3-channel sRGB; padding is blac
   const again = await reencode(grey, 'jpeg', 90);
   assert.equal((await sharp(again).metadata()).channels, 3);
   await assert.rejects(letterboxImage(Buffer.from('nope'), g, 'jpeg', 95));
+});
+
+test('letterboxImage: the one-pipeline JPEG path gives the same pixels as resize + pad, for every colour kind', async () => {
+  // A picture with edges and colours, so that a shifted or clipped pad would show.
+  const W = 400, H = 300;
+  const picture = await sharp({ create: { width: W, height: H, channels: 3, background: { r: 200, g: 90, b: 30 } } })
+    .composite([{ input: Buffer.from(`<svg width="${W}" height="${H}"><circle cx="200" cy="150" r="100" fill="#3af"/><rect x="10" y="10" width="80" height="280" fill="#fff"/></svg>`) }])
+    .png().toBuffer();
+  const inputs: Record<string, Buffer> = {
+    'RGB JPEG': await sharp(picture).jpeg().toBuffer(),
+    'grey JPEG': await sharp(picture).toColourspace('b-w').jpeg().toBuffer(),
+    'CMYK JPEG': await sharp(picture).toColourspace('cmyk').jpeg().toBuffer(),
+    'portrait JPEG': await sharp(picture).rotate(90).jpeg().toBuffer(),
+    'RGBA PNG': await sharp(picture).ensureAlpha(0.5).png().toBuffer(),
+    '16-bit grey PNG': await sharp(picture).toColourspace('grey16').png().toBuffer(),
+  };
+  for (const [kind, data] of Object.entries(inputs)) {
+    const meta = await sharp(data).metadata();
+    for (const padding of ['bottom-right', 'centre'] as const) {
+      const g = letterboxGeometry(meta.width!, meta.height!, 96, padding);
+      // The reference, written here independently: resize to raw pixels, copy into black.
+      const { data: px } = await sharp(data).resize(g.resizedWidth, g.resizedHeight, { fit: 'fill' })
+        .flatten({ background: '#000000' }).toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+      const want = Buffer.alloc(96 * 96 * 3);
+      for (let y = 0; y < g.resizedHeight; y++) {
+        px.copy(want, ((y + g.pad[1]) * 96 + g.pad[0]) * 3, y * g.resizedWidth * 3, (y + 1) * g.resizedWidth * 3);
+      }
+      // PNG output is lossless, so the letterboxed pixels can be compared exactly.
+      const got = await decodeRgb(await letterboxImage(data, g, 'png', 95));
+      assert.deepEqual([got.width, got.height], [96, 96], `${kind}, ${padding}`);
+      assert.ok(got.data.equals(want), `${kind}, ${padding}: letterboxed pixels equal resize + black padding`);
+      // And the JPEG output is that picture (within JPEG's error).
+      const jpg = await decodeRgb(await letterboxImage(data, g, 'jpeg', 95));
+      let err = 0;
+      for (let i = 0; i < want.length; i++) err += Math.abs(jpg.data[i]! - want[i]!);
+      assert.ok(err / want.length < 4, `${kind}, ${padding}: JPEG mean abs error ${(err / want.length).toFixed(2)}`);
+    }
+  }
+});
+
+test('readArchive offsets and readLocated: members read by location, headers checked', async () => {
+  const dir = tempDir('located');
+  const long = `${'d/'.repeat(60)}long-name.jpg`; // > 100 bytes: a pax header before it
+  const members: Array<[string, Buffer]> = [['a/1.jpg', Buffer.from('first')], [long, Buffer.alloc(1500, 7)], ['a/2.jpg', Buffer.alloc(700, 2)], ['a/3.jpg', Buffer.from('third')]];
+  const bytes = await tarBytes(members);
+  const file = path.join(dir, 'a.tar');
+  fs.writeFileSync(file, bytes);
+  const evs = (await collect(file)).filter((e) => e.kind === 'member') as Array<Extract<ArchiveEvent, { kind: 'member' }>>;
+  const locations = new Map<string, { offset: number; size: number }>();
+  for (const e of evs) {
+    assert.equal(typeof e.offset, 'number', `${e.name} has an offset`);
+    assert.ok(bytes.subarray(e.offset!, e.offset! + e.data.length).equals(e.data), `${e.name}: the bytes at its offset are its data`);
+    locations.set(e.name, { offset: e.offset!, size: e.data.length });
+  }
+  const read = async (locs: Map<string, { offset: number; size: number }>, names: string[], f = file) => {
+    const out: string[] = [];
+    for await (const m of readLocated(f, locs, names)) out.push(m.data ? `${m.member}=${m.data.length}:${m.data[0]}` : `${m.member}!${m.problem}`);
+    return out;
+  };
+  // In file order whatever the order asked; unwanted members in between are not handed out.
+  assert.deepEqual(await read(locations, ['a/3.jpg', long, 'a/1.jpg']), ['a/1.jpg=5:102', `${long}=1500:7`, 'a/3.jpg=5:116']);
+  // A wrong location never yields another member's bytes.
+  const wrong = new Map(locations);
+  wrong.set('a/3.jpg', locations.get('a/2.jpg')!);
+  wrong.set('a/1.jpg', { offset: locations.get('a/1.jpg')!.offset, size: 4 });
+  const bad = await read(wrong, ['a/1.jpg', 'a/3.jpg']);
+  assert.match(bad[0]!, /^a\/1\.jpg!no such member at the recorded offset 512: header says 5 bytes, the row says 4/);
+  assert.match(bad[1]!, /^a\/3\.jpg!no such member at the recorded offset \d+: header names "a\/2\.jpg"/);
+  wrong.set('a/1.jpg', { offset: 1000, size: 5 });
+  assert.match((await read(wrong, ['a/1.jpg']))[0]!, /header checksum does not match/);
+  // A file cut short: the members past the end are a problem, the ones before it are read.
+  const cut = path.join(dir, 'cut.tar');
+  fs.writeFileSync(cut, bytes.subarray(0, locations.get('a/2.jpg')!.offset + 100));
+  const cutOut = await read(locations, ['a/1.jpg', 'a/2.jpg'], cut);
+  assert.equal(cutOut[0], 'a/1.jpg=5:102');
+  assert.match(cutOut[1]!, /^a\/2\.jpg!the archive ends before the recorded location of its bytes/);
+  // A gzipped tar has no file offsets.
+  const gz = path.join(dir, 'a.tar.gz');
+  fs.writeFileSync(gz, (await import('node:zlib')).gzipSync(bytes));
+  for (const e of await collect(gz)) if (e.kind === 'member') assert.equal(e.offset, null);
+  assert.ok(tarHeaderMismatch(bytes.subarray(0, 512), 'a/1.jpg', 5) === null);
+});
+
+test('forEachWantedImage with locations: same results as streaming; a changed archive fails before any work', async () => {
+  const dir = tempDir('wanted-located');
+  const bytes = await tarBytes([['x/1.jpg', Buffer.from('one')], ['x/2.jpg', Buffer.from('two')], ['x/3.jpg', Buffer.from('three')]]);
+  const file = path.join(dir, 'a.tar');
+  fs.writeFileSync(file, bytes);
+  const sha = createHash('sha256').update(bytes).digest('hex');
+  const locations = new Map<string, { offset: number; size: number }>();
+  for (const e of await collect(file)) if (e.kind === 'member') locations.set(e.name, { offset: e.offset!, size: e.data.length });
+  const members = new Map([['x/3.jpg', 'g3'], ['x/1.jpg', 'g1'], ['x/2.jpg', 'g2']]);
+  const run = async (src: { locations?: Map<string, { offset: number; size: number }>; sha256: string | null }, digests: string[] = []) => {
+    const log: string[] = [];
+    await forEachWantedImage([{ archive: 'a.tar', abs: file, members, ...src }], {
+      concurrency: 2,
+      fileDigest: async (f) => {
+        digests.push(f);
+        return createHash('sha256').update(fs.readFileSync(f)).digest('hex');
+      },
+      work: async (data, group) => {
+        if (group === 'g2') throw new Error('cannot decode');
+        return data.toString();
+      },
+      result: (r, group, _a, member) => void log.push(r.ok ? `${group}:${member}:${r.value}` : `${group}:failed:${r.error}`),
+      missing: (group, _a, member, reason) => void log.push(`${group}:missing:${member}:${reason}`),
+      damaged: () => assert.fail('not damaged'),
+    });
+    return log;
+  };
+  const digests: string[] = [];
+  const streamed = await run({ sha256: sha }, digests);
+  assert.deepEqual(streamed, ['g1:x/1.jpg:one', 'g2:failed:cannot decode', 'g3:x/3.jpg:three']);
+  assert.deepEqual(await run({ sha256: sha, locations }, digests), streamed);
+  assert.deepEqual(digests, [file, file], 'the digest check goes through fileDigest (the runner\'s cache)');
+  // A stale location is reported as missing, with why.
+  const stale = new Map(locations);
+  stale.set('x/3.jpg', locations.get('x/1.jpg')!);
+  const staleLog = await run({ sha256: null, locations: stale });
+  assert.match(staleLog.find((l) => l.startsWith('g3:'))!, /^g3:missing:x\/3\.jpg:no such member at the recorded offset/);
+  assert.ok(staleLog.includes('g1:x/1.jpg:one'));
+  let worked = 0;
+  await assert.rejects(
+    forEachWantedImage([{ archive: 'a.tar', abs: file, sha256: 'f'.repeat(64), members, locations }], {
+      concurrency: 2, work: async () => worked++, result: () => {}, missing: () => {}, damaged: () => {},
+    }),
+    /a\.tar: the archive has changed since its rows were made/,
+  );
+  assert.equal(worked, 0, 'no image was worked on');
 });

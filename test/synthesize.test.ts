@@ -14,6 +14,7 @@ import type { StageContext } from '../runner/stage-type.js';
 import synthesize, { BAD_KINDS, SYNTH_DEFAULTS, type SynthesizeSettings } from '../stages/synthesize-imdb-wiki.js';
 import compose, { COMPOSE_DEFAULTS, parseUtkName, type ComposeSettings } from '../stages/compose-imdb-wiki.js';
 import { matlabDatenumToYear, readImdbWikiMeta, type MetaRow } from '../stages/lib/imdb-wiki-meta.js';
+import { digestFile } from '../artifacts/digest.js';
 
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 const utkDir = path.join(repoRoot, '..', 'shared', 'data', 'utkface', 'images');
@@ -33,6 +34,7 @@ function makeCtx<S>(settings: S, outDir: string, logs: string[] = []): StageCont
     progress() {},
     log(line: string) { logs.push(line); },
     signal: new AbortController().signal,
+    fileDigest: (file: string) => digestFile(file),
   };
 }
 

@@ -47,6 +47,10 @@ export interface MetaImageRow {
   /** Where the image was found; null with image_problem 'missing'. */
   archive: ArchiveRef | null;
   member: string | null;
+  /** Where the member's bytes start in its (uncompressed) tar, and how many there are: the
+   * image stages read just these bytes. null for a directory or a gzipped tar. */
+  member_offset: number | null;
+  member_bytes: number | null;
   width: number | null;
   height: number | null;
   image_problem: ImageProblem | null;

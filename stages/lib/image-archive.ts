@@ -5,6 +5,11 @@
 // sorted (path, file sha256) list) is computed while reading, so rows can carry it and a later
 // stage can check that the archive is still the one they were made from.
 //
+// Each member read from an uncompressed tar also carries the byte offset of its data in the
+// file, so a later stage can read just the members it keeps (readLocated below) instead of
+// streaming the whole archive again: IMDB-WIKI's tars are 27 GB each and the filter keeps a
+// fraction of their images.
+//
 // A damaged tar (a header that does not parse, a file that ends inside a member) is reported as
 // a 'damaged' event naming the member being read, and reading of that source stops there; the
 // caller decides whether that is fatal. A source that cannot be opened at all throws.
@@ -16,14 +21,15 @@ import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 
 export type ArchiveEvent =
-  /** A regular file the caller wants, with all of its bytes. */
-  | { kind: 'member'; name: string; data: Buffer }
+  /** A regular file the caller wants, with all of its bytes; `offset` is where those bytes start
+   * in the file (an uncompressed tar; null in a gzipped tar or a directory). */
+  | { kind: 'member'; name: string; data: Buffer; offset: number | null }
   /** A regular file the caller does not want (its bytes were read past, not kept). */
   | { kind: 'skip'; name: string; size: number }
   /** The source cannot be read any further; `member` is the one being read when it broke. */
   | { kind: 'damaged'; member: string | null; detail: string }
-  /** Always last: the source's content digest and its size in bytes. */
-  | { kind: 'end'; sha256: string; bytes: number };
+  /** Always last: the source's content digest (null for a tar read with `digest: false`) and its size in bytes. */
+  | { kind: 'end'; sha256: string | null; bytes: number };
 
 export interface ReadArchiveOptions {
   /** Which regular files to hand over with their bytes (default: all). */
@@ -31,6 +37,9 @@ export interface ReadArchiveOptions {
   signal?: AbortSignal;
   /** Called as bytes of a tar are read (running total), for progress. */
   onBytes?: (bytesSoFar: number) => void;
+  /** Hash a tar's bytes as they go by (default true). Callers that get the digest from the
+   * runner's content-hash cache (StageContext.fileDigest) switch it off. */
+  digest?: boolean;
 }
 
 /** Member names as stored in rows: POSIX separators, no leading './'. */
@@ -67,7 +76,7 @@ async function isGzip(file: string): Promise<boolean> {
   }
 }
 
-async function digestWholeFile(file: string): Promise<string> {
+export async function digestWholeFile(file: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
   return hash.digest('hex');
@@ -79,13 +88,13 @@ async function* readTar(file: string, size: number, opts: ReadArchiveOptions): A
   signal?.throwIfAborted();
   const tar = await import('tar-stream');
   const gz = await isGzip(file);
-  const hash = createHash('sha256');
+  const hash = opts.digest === false ? null : createHash('sha256');
   let bytes = 0;
   let fullyRead = false;
   const rs = fs.createReadStream(file, { highWaterMark: 1 << 20 });
   // The hash sees every chunk as it goes by; pipe() does the back-pressure.
   rs.on('data', (c) => {
-    hash.update(c as Buffer);
+    hash?.update(c as Buffer);
     bytes += c.length;
     onBytes?.(bytes);
   });
@@ -120,7 +129,12 @@ async function* readTar(file: string, size: number, opts: ReadArchiveOptions): A
       const chunks: Buffer[] = [];
       for await (const c of entry) chunks.push(c as Buffer);
       current = null;
-      yield { kind: 'member', name, data: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) };
+      // tar-stream records where a member's data starts in the stream it parsed; that is the
+      // file offset when nothing was decompressed. readLocated checks the header before it,
+      // so a wrong offset can only ever make a member 'missing', never read the wrong bytes.
+      const at = (h as { byteOffset?: unknown }).byteOffset;
+      const offset = !gz && typeof at === 'number' && at % 512 === 0 ? at : null;
+      yield { kind: 'member', name, data: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), offset };
     }
   } catch (err) {
     if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : err;
@@ -135,7 +149,7 @@ async function* readTar(file: string, size: number, opts: ReadArchiveOptions): A
   } finally {
     rs.destroy();
   }
-  const sha256 = fullyRead ? hash.digest('hex') : await digestWholeFile(file);
+  const sha256 = hash === null ? null : fullyRead ? hash.digest('hex') : await digestWholeFile(file);
   if (damaged) onBytes?.(size);
   yield { kind: 'end', sha256, bytes: size };
 }
@@ -164,7 +178,7 @@ async function* readDirectory(dir: string, opts: ReadArchiveOptions): AsyncGener
     const data = await fsp.readFile(path.join(dir, rel));
     bytes += data.length;
     lines.push(`${createHash('sha256').update(data).digest('hex')} ${rel}`);
-    if (want(rel)) yield { kind: 'member', name: rel, data };
+    if (want(rel)) yield { kind: 'member', name: rel, data, offset: null };
     else yield { kind: 'skip', name: rel, size: data.length };
   }
   yield { kind: 'end', sha256: createHash('sha256').update(lines.join('\n')).digest('hex'), bytes };
@@ -218,6 +232,16 @@ export interface WantedSource<G> {
   sha256: string | null;
   /** Member name → what the caller attaches to it (e.g. the rows of that image), in row order. */
   members: Map<string, G>;
+  /** Where each member's bytes are in an uncompressed tar (from its `member` event). When every
+   * member has one, only those byte ranges are read; otherwise the tar is streamed. */
+  locations?: Map<string, MemberLocation>;
+}
+
+/** Where a tar member's data is: its byte offset in the file (its 512-byte header is right
+ * before it) and its length. */
+export interface MemberLocation {
+  offset: number;
+  size: number;
 }
 
 export type WorkResult<R> = { ok: true; value: R } | { ok: false; error: string };
@@ -239,11 +263,15 @@ export interface WantedImagesOptions<G, R> {
   damaged: (group: G, archive: string, member: string, detail: string) => void;
   /** Bytes read of the current tar source (running total per source), for progress. */
   onBytes?: (archive: string, bytes: number) => void;
+  /** The sha256 of a file's bytes; pass StageContext.fileDigest so that an unchanged tar the
+   * runner has hashed is not read a second time just to check it. Default: hash the file. */
+  fileDigest?: (file: string) => Promise<string>;
 }
 
 /**
  * Read each source once and run `work` on every wanted member, `concurrency` at a time, with the
- * results handed over in order. Throws when a tar's digest no longer matches the one recorded.
+ * results handed over in order. Throws, before reading it, when a tar's digest no longer matches
+ * the one recorded.
  */
 export async function forEachWantedImage<G, R>(sources: ReadonlyArray<WantedSource<G>>, opts: WantedImagesOptions<G, R>): Promise<void> {
   // Missing and damaged members go through the window too, so every report keeps stream order.
@@ -279,9 +307,25 @@ export async function forEachWantedImage<G, R>(sources: ReadonlyArray<WantedSour
       }
       continue;
     }
+    if (src.sha256) {
+      const now = await (opts.fileDigest ?? digestWholeFile)(src.abs);
+      if (now !== src.sha256) {
+        throw new Error(`${src.archive}: the archive has changed since its rows were made ` +
+          `(sha256 recorded ${src.sha256.slice(0, 12)}…, now ${now.slice(0, 12)}…); rerun extract-metadata on it`);
+      }
+    }
+    if (src.locations && [...src.members.keys()].every((m) => src.locations!.has(m)) && !(await isGzip(src.abs))) {
+      for await (const m of readLocated(src.abs, src.locations, [...src.members.keys()], opts.signal)) {
+        opts.signal?.throwIfAborted();
+        const group = src.members.get(m.member)!;
+        if (m.data) await window.push(run(m.data, group, src.archive, m.member));
+        else await note(group, src.archive, m.member, { missing: m.problem });
+      }
+      continue;
+    }
     const seen = new Set<string>();
     let brokeOff: string | null = null;
-    for await (const ev of readArchive(src.abs, { want: (n) => src.members.has(n), signal: opts.signal, onBytes: (b) => opts.onBytes?.(src.archive, b) })) {
+    for await (const ev of readArchive(src.abs, { want: (n) => src.members.has(n), signal: opts.signal, digest: false, onBytes: (b) => opts.onBytes?.(src.archive, b) })) {
       if (ev.kind === 'member') {
         if (seen.has(ev.name)) continue; // a repeated member name: the first copy counts
         seen.add(ev.name);
@@ -293,11 +337,6 @@ export async function forEachWantedImage<G, R>(sources: ReadonlyArray<WantedSour
           seen.add(ev.member!);
           await note(group, src.archive, ev.member!, { damaged: ev.detail });
         }
-      } else if (ev.kind === 'end') {
-        if (src.sha256 && ev.sha256 !== src.sha256) {
-          throw new Error(`${src.archive}: the archive has changed since its rows were made ` +
-            `(sha256 recorded ${src.sha256.slice(0, 12)}…, now ${ev.sha256.slice(0, 12)}…); rerun extract-metadata on it`);
-        }
       }
     }
     for (const [member, group] of src.members) {
@@ -305,6 +344,83 @@ export async function forEachWantedImage<G, R>(sources: ReadonlyArray<WantedSour
     }
   }
   await window.drain();
+}
+
+// ---------------------------------------------------------------- members read by location
+
+// Nearby members are read with one call: up to this many bytes at once, across gaps (members
+// not wanted) of at most READ_GAP bytes.
+const READ_SPAN = 4 << 20;
+const READ_GAP = 256 << 10;
+
+export type LocatedMember = { member: string; data: Buffer; problem?: undefined } | { member: string; data?: undefined; problem: string };
+
+/**
+ * Read the given members of an uncompressed tar at their recorded locations, in file order.
+ * The 512-byte header in front of each is checked (checksum, size, and the name when it fits
+ * the header), so a stale or wrong location yields a `problem`, never someone else's bytes.
+ */
+export async function* readLocated(file: string, locations: ReadonlyMap<string, MemberLocation>, members: readonly string[], signal?: AbortSignal): AsyncGenerator<LocatedMember> {
+  const wanted = members.map((member) => ({ member, loc: locations.get(member)! })).sort((a, b) => a.loc.offset - b.loc.offset);
+  const fh = await fsp.open(file, 'r').catch((err: Error) => {
+    throw new Error(`${file}: cannot read image source: ${err.message}`);
+  });
+  try {
+    let i = 0;
+    while (i < wanted.length) {
+      signal?.throwIfAborted();
+      // One read for a run of members that lie close together.
+      const start = wanted[i]!.loc.offset - 512;
+      let j = i + 1;
+      let end = wanted[i]!.loc.offset + wanted[i]!.loc.size;
+      while (j < wanted.length) {
+        const next = wanted[j]!.loc;
+        const nextEnd = next.offset + next.size;
+        if (next.offset - 512 - end > READ_GAP || nextEnd - start > READ_SPAN) break;
+        end = Math.max(end, nextEnd);
+        j++;
+      }
+      const buf = Buffer.allocUnsafe(Math.max(0, end - start));
+      const { bytesRead } = start >= 0 ? await fh.read(buf, 0, buf.length, start) : { bytesRead: 0 };
+      for (; i < j; i++) {
+        const { member, loc } = wanted[i]!;
+        const at = loc.offset - 512 - start;
+        if (loc.offset < 512 || at + 512 + loc.size > bytesRead) {
+          yield { member, problem: `the archive ends before the recorded location of its bytes (offset ${loc.offset}, ${loc.size} bytes)` };
+          continue;
+        }
+        const wrong = tarHeaderMismatch(buf.subarray(at, at + 512), member, loc.size);
+        if (wrong) yield { member, problem: `no such member at the recorded offset ${loc.offset}: ${wrong}` };
+        else yield { member, data: buf.subarray(at + 512, at + 512 + loc.size) };
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Why a ustar header block does not describe `member` of `size` bytes (null when it does). */
+export function tarHeaderMismatch(block: Buffer, member: string, size: number): string | null {
+  const field = (from: number, len: number) => {
+    const raw = block.subarray(from, from + len);
+    const nul = raw.indexOf(0);
+    return raw.subarray(0, nul < 0 ? len : nul).toString('utf8');
+  };
+  let sum = 0;
+  for (let k = 0; k < 512; k++) sum += k >= 148 && k < 156 ? 0x20 : block[k]!;
+  const recorded = parseInt(field(148, 8).trim(), 8);
+  if (recorded !== sum) return 'header checksum does not match';
+  const type = block[156];
+  if (type !== 0x30 && type !== 0 && type !== 0x37) return `header is not a regular file (type ${String.fromCharCode(type!)})`;
+  const sizeField = block[124]! & 0x80 ? null : parseInt(field(124, 12).trim() || '0', 8);
+  if (sizeField !== null && sizeField !== size) return `header says ${sizeField} bytes, the row says ${size}`;
+  // A long name lives in a pax/GNU record before this header; the ustar name is then a stand-in.
+  if (Buffer.byteLength(member) <= 100) {
+    const prefix = block.subarray(257, 262).toString('latin1') === 'ustar' ? field(345, 155) : '';
+    const name = normaliseMemberName(prefix ? `${prefix}/${field(0, 100)}` : field(0, 100));
+    if (name !== member) return `header names ${JSON.stringify(name)}`;
+  }
+  return null;
 }
 
 export { TarFileWriter } from './tar-writer.js';

@@ -38,6 +38,11 @@ export async function loadKeptSources(file: string, projectRoot: string, bad: Ba
     else {
       src.members.set(r.member, [r]);
       images++;
+      // Rows written before extract-metadata recorded locations (or from a directory or a
+      // gzipped tar) have none: that source is then streamed instead.
+      if (Number.isSafeInteger(r.member_offset) && Number.isSafeInteger(r.member_bytes)) {
+        (src.locations ??= new Map()).set(r.member, { offset: r.member_offset!, size: r.member_bytes! });
+      }
     }
     rows++;
   }
