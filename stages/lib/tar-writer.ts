@@ -14,7 +14,10 @@ export class TarFileWriter {
     const tar = await import('tar-stream');
     const { pipeline } = await import('node:stream/promises');
     const pack = tar.pack();
-    const done = pipeline(pack, fs.createWriteStream(file));
+    // A deep write buffer: with the default 16 KB every add() waited for its bytes to reach the
+    // file, and file writes queue in libuv's pool behind the image work of the same stage
+    // (letterbox spent 4.6 of its 4.8 s waiting in add(); 0.15 s with this).
+    const done = pipeline(pack, fs.createWriteStream(file, { highWaterMark: 8 << 20 }));
     done.catch(() => {}); // awaited in close()
     return new TarFileWriter(pack, done, file);
   }
