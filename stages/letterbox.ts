@@ -9,7 +9,7 @@
 //
 // images.tar: members <index>.jpg (or .png), index 0, 1, … in output order.
 // rows.jsonl, one per output image, in the same order (type LetterboxRow in lib/face-rows.ts):
-//   key, member, size, scale, pad [left, top, right, bottom], original_width, original_height,
+//   key, member, member_offset, member_bytes (where its bytes are in images.tar), size, scale, pad [left, top, right, bottom], original_width, original_height,
 //   source {archive, member}, faces [{box [x1,y1,x2,y2] float letterboxed px, gender, age,
 //   age_bucket (age-10)//10}].
 
@@ -81,11 +81,13 @@ export default {
           }
           const { data, g } = r.value;
           const name = `${written}.${ext}`;
-          await tar.add(name, data);
+          const offset = await tar.add(name, data);
           outBytes += data.length;
           const row: Row = {
             key: group[0]!.key,
             member: name,
+            member_offset: offset,
+            member_bytes: data.length,
             size: g.size,
             scale: g.scale,
             pad: g.pad,

@@ -57,6 +57,8 @@ export default {
     const dir = singleInput(ctx.inputs, 'shard', 'letterbox');
     const rows = await readJsonlStrict<Row>(path.join(dir, 'rows.jsonl'), ctx.signal);
     const byMember = new Map(rows.map((r) => [r.member, r]));
+    // Letterbox recorded where each image is in its tar: read those bytes directly.
+    const locations = new Map(rows.filter((r) => Number.isSafeInteger(r.member_offset)).map((r) => [r.member, { offset: r.member_offset!, size: r.member_bytes }]));
     const tarPath = path.join(dir, 'images.tar');
     const bad = new BadItems('shard', (l) => ctx.log(l), s.strict);
     const shards = await ShardSet.open(ctx.outDir, s.count, s.test_shards);
@@ -65,7 +67,7 @@ export default {
     let passedThrough = 0;
     let perFile: Record<string, number>;
     try {
-      await forEachWantedImage<Row, Encoded>([{ archive: tarPath, abs: tarPath, sha256: null, members: byMember }], {
+      await forEachWantedImage<Row, Encoded>([{ archive: tarPath, abs: tarPath, sha256: null, members: byMember, locations }], {
         concurrency: imageConcurrency(),
         signal: ctx.signal,
         async work(data, row): Promise<Encoded> {

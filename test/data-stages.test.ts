@@ -199,6 +199,12 @@ test('letterbox: non-square images, both paddings, exact boxes, black padding, s
   assert.deepEqual(exRows[1]!.archive!.path, path.join(src, 'imgs'));
   assert.equal(exRows[1]!.member, '02/tall.jpg');
   assert.deepEqual(exRows[2]!.box, [250, 50, 349, 149], 'floor(face_location) - 1');
+  // A tar member's bytes are located in the tar (so letterbox reads just them); a folder's are not.
+  const tarRow = exRows.find((r) => r.archive!.path.endsWith('.tar'))!;
+  const tarBytes = fs.readFileSync(path.resolve(repoRoot, tarRow.archive!.path));
+  assert.equal(typeof tarRow.member_offset, 'number');
+  assert.equal(tarBytes.subarray(tarRow.member_offset!, tarRow.member_offset! + tarRow.member_bytes!).readUInt16BE(0), 0xffd8, 'a JPEG starts at member_offset');
+  assert.deepEqual([exRows[1]!.member_offset, exRows[1]!.member_bytes], [null, null]);
   const fi = await runStage(filter, {}, { extract: ex.dir });
   assert.equal(fi.metrics.kept, 3);
 
@@ -211,6 +217,11 @@ test('letterbox: non-square images, both paddings, exact boxes, black padding, s
     const rows = readJsonl<LetterboxRow>(path.join(lb.dir, 'rows.jsonl'));
     assert.deepEqual(rows.map((r) => [r.key, r.member, r.faces.length]), [['01/wide.jpg', '0.jpg', 2], ['02/tall.jpg', '1.jpg', 1]]);
     const [wide, tall] = rows as [LetterboxRow, LetterboxRow];
+    const lbTar = fs.readFileSync(path.join(lb.dir, 'images.tar'));
+    for (const r of rows) {
+      const img = lbTar.subarray(r.member_offset!, r.member_offset! + r.member_bytes);
+      assert.deepEqual([(await sharp(img).metadata()).width, img.at(-1)], [250, 0xd9], `${r.member}: its JPEG lies at member_offset in images.tar`);
+    }
     const e = expected[padding];
     assert.equal(wide.scale, 0.625);
     assert.deepEqual([wide.size, wide.original_width, wide.original_height], [250, 400, 200]);

@@ -223,6 +223,17 @@ test('TarFileWriter: same members give the same bytes', async () => {
   assert.ok(a.equals(await write('b.tar')));
   const evs = await collect(path.join(dir, 'a.tar'));
   assert.deepEqual(evs.filter((e) => e.kind === 'member').map((e) => (e as { name: string }).name), ['0.jpg', '1.jpg']);
+
+  // add() says where each member's bytes went, as long as it can know (no pax record yet).
+  const w = await TarFileWriter.open(path.join(dir, 'c.tar'));
+  const long = `${'x'.repeat(120)}.jpg`;
+  const offsets = [await w.add('a/0.jpg', Buffer.alloc(700, 1)), await w.add('1.jpg', Buffer.alloc(512, 2)), await w.add('2.jpg', Buffer.alloc(3, 3)),
+    await w.add(long, Buffer.alloc(5, 4)), await w.add('4.jpg', Buffer.alloc(5, 5))];
+  await w.close();
+  const members = (await collect(path.join(dir, 'c.tar'))).filter((e) => e.kind === 'member') as Array<Extract<ArchiveEvent, { kind: 'member' }>>;
+  assert.deepEqual(offsets.slice(0, 3), members.slice(0, 3).map((m) => m.offset), 'offsets as the reader finds them');
+  assert.deepEqual(offsets.slice(3), [null, null], 'unknown from the first long name on');
+  assert.equal(members[3]!.name, long);
 });
 
 const goodRow: MetaImageRow = {

@@ -78,8 +78,10 @@ export interface LetterboxFace {
 /** One row of letterbox's rows.jsonl (one output image). */
 export interface LetterboxRow {
   key: string;
-  /** Member of letterbox's images.tar. */
+  /** Member of letterbox's images.tar, and where its bytes are in it (null when unknown). */
   member: string;
+  member_offset: number | null;
+  member_bytes: number;
   size: number;
   scale: number;
   /** Black padding [left, top, right, bottom] in letterboxed pixels. */

@@ -362,28 +362,41 @@ export type LocatedMember = { member: string; data: Buffer; problem?: undefined 
  */
 export async function* readLocated(file: string, locations: ReadonlyMap<string, MemberLocation>, members: readonly string[], signal?: AbortSignal): AsyncGenerator<LocatedMember> {
   const wanted = members.map((member) => ({ member, loc: locations.get(member)! })).sort((a, b) => a.loc.offset - b.loc.offset);
+  // Runs of members that lie close together, each read with one call.
+  const runs: Array<typeof wanted> = [];
+  for (let i = 0; i < wanted.length;) {
+    const start = wanted[i]!.loc.offset - 512;
+    let end = wanted[i]!.loc.offset + wanted[i]!.loc.size;
+    let j = i + 1;
+    for (; j < wanted.length; j++) {
+      const next = wanted[j]!.loc;
+      if (next.offset - 512 - end > READ_GAP || next.offset + next.size - start > READ_SPAN) break;
+      end = Math.max(end, next.offset + next.size);
+    }
+    runs.push(wanted.slice(i, j));
+    i = j;
+  }
   const fh = await fsp.open(file, 'r').catch((err: Error) => {
     throw new Error(`${file}: cannot read image source: ${err.message}`);
   });
+  const readRun = async (run: typeof wanted) => {
+    const start = run[0]!.loc.offset - 512;
+    const end = Math.max(...run.map((w) => w.loc.offset + w.loc.size));
+    const buf = Buffer.allocUnsafe(Math.max(0, end - start));
+    const { bytesRead } = start >= 0 ? await fh.read(buf, 0, buf.length, start) : { bytesRead: 0 };
+    return { start, buf, bytesRead };
+  };
+  // The next run is read while the caller works on this one (file reads wait in libuv's pool
+  // behind the caller's image work, so asking early hides that wait).
+  let ahead: ReturnType<typeof readRun> | null = null;
   try {
-    let i = 0;
-    while (i < wanted.length) {
+    for (let r = 0; r < runs.length; r++) {
       signal?.throwIfAborted();
-      // One read for a run of members that lie close together.
-      const start = wanted[i]!.loc.offset - 512;
-      let j = i + 1;
-      let end = wanted[i]!.loc.offset + wanted[i]!.loc.size;
-      while (j < wanted.length) {
-        const next = wanted[j]!.loc;
-        const nextEnd = next.offset + next.size;
-        if (next.offset - 512 - end > READ_GAP || nextEnd - start > READ_SPAN) break;
-        end = Math.max(end, nextEnd);
-        j++;
-      }
-      const buf = Buffer.allocUnsafe(Math.max(0, end - start));
-      const { bytesRead } = start >= 0 ? await fh.read(buf, 0, buf.length, start) : { bytesRead: 0 };
-      for (; i < j; i++) {
-        const { member, loc } = wanted[i]!;
+      const current = await (ahead ?? readRun(runs[r]!));
+      ahead = r + 1 < runs.length ? readRun(runs[r + 1]!) : null;
+      ahead?.catch(() => {}); // surfaces when awaited
+      const { start, buf, bytesRead } = current;
+      for (const { member, loc } of runs[r]!) {
         const at = loc.offset - 512 - start;
         if (loc.offset < 512 || at + 512 + loc.size > bytesRead) {
           yield { member, problem: `the archive ends before the recorded location of its bytes (offset ${loc.offset}, ${loc.size} bytes)` };
@@ -395,6 +408,7 @@ export async function* readLocated(file: string, locations: ReadonlyMap<string, 
       }
     }
   } finally {
+    await ahead?.catch(() => {}); // never close the file under a read in flight
     await fh.close();
   }
 }

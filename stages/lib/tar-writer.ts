@@ -22,15 +22,30 @@ export class TarFileWriter {
     return new TarFileWriter(pack, done, file);
   }
 
-  add(name: string, data: Buffer): Promise<void> {
+  /**
+   * Append a member; resolves to the byte offset of its data in the file, so readers can go
+   * straight to it (readLocated). A name longer than a ustar header holds gets a pax record
+   * before its header; offsets are then no longer known (null from there on).
+   */
+  add(name: string, data: Buffer): Promise<number | null> {
+    let offset: number | null = null;
+    if (this.position !== null && Buffer.byteLength(name) <= 100) {
+      offset = this.position + 512;
+      this.position = offset + Math.ceil(data.length / 512) * 512;
+    } else {
+      this.position = null;
+    }
     return new Promise((resolve, reject) => {
       this.pack.entry(
         { name, size: data.length, type: 'file', mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime: new Date(Date.UTC(2016, 0, 1)) },
         data,
-        (err) => (err ? reject(new Error(`${this.path}: writing member ${name}: ${err.message}`)) : resolve()),
+        (err) => (err ? reject(new Error(`${this.path}: writing member ${name}: ${err.message}`)) : resolve(offset)),
       );
     });
   }
+
+  /** Bytes written so far when every member had a one-block header; null once one did not. */
+  private position: number | null = 0;
 
   async close(): Promise<void> {
     this.pack.finalize();

@@ -200,18 +200,22 @@ export async function* readTFRecords(path: string, opts: ReadTFRecordsOptions = 
 }
 
 const FLUSH_AT = 1 << 20;
+const MAX_UNWRITTEN = 4 << 20;
 
 /**
  * Appends framed records to a new file (truncating any old one). Records are gathered in memory
- * and written in ~1 MiB batches; `write()` resolves once its batch is on its way to disk, so a
- * producer that awaits it never runs ahead of the disk by more than one batch. Writes may also be
- * issued without awaiting: their order is kept. `close()` must be awaited to get everything out.
+ * and written in ~1 MiB batches; `write()` resolves at once while at most 4 MiB is waiting to
+ * be written, and otherwise when the batches before it are written, so a producer that awaits it
+ * never runs far ahead of the disk but does not wait on every batch either (file writes queue in
+ * libuv's pool behind other work). Writes may also be issued without awaiting: their order is
+ * kept. `close()` must be awaited to get everything out.
  */
 export class TFRecordWriter {
   readonly path: string;
   #fh: fsp.FileHandle;
   #pending: Buffer[] = [];
   #pendingBytes = 0;
+  #unwrittenBytes = 0;
   #chain: Promise<void> = Promise.resolve();
   #error: unknown = undefined;
   #closed = false;
@@ -246,14 +250,21 @@ export class TFRecordWriter {
     this.#records++;
     this.#bytes += framed.length;
     if (this.#pendingBytes < FLUSH_AT) return Promise.resolve();
-    return this.#flush();
+    const written = this.#flush();
+    if (this.#unwrittenBytes <= MAX_UNWRITTEN) {
+      written.catch(() => {}); // kept in #error: the next write() or close() reports it
+      return Promise.resolve();
+    }
+    return written;
   }
 
   #flush(): Promise<void> {
     const batch = this.#pending;
+    const bytes = this.#pendingBytes;
     this.#pending = [];
     this.#pendingBytes = 0;
     if (batch.length === 0) return this.#chain;
+    this.#unwrittenBytes += bytes;
     this.#chain = this.#chain.then(async () => {
       if (this.#error !== undefined) throw this.#error;
       try {
@@ -261,6 +272,8 @@ export class TFRecordWriter {
       } catch (err) {
         this.#error = new Error(`${this.path}: write failed: ${(err as Error).message}`, { cause: err });
         throw this.#error;
+      } finally {
+        this.#unwrittenBytes -= bytes;
       }
     });
     return this.#chain;
