@@ -136,12 +136,12 @@ export default {
       const src = sources[si]!;
       const isDir = stats[si]!.isDirectory();
       // A tar's digest comes from the runner's cache (no second pass over its bytes); a
-      // directory's is made while walking it.
+      // directory's is made while walking it (its 'end' event).
       if (!isDir) src.sha256 = await ctx.fileDigest(abs);
       for await (const ev of readArchive(abs, {
         want: (n) => lookup(n) !== undefined,
         signal: ctx.signal,
-        digest: isDir,
+        digest: false,
         onBytes: (b) => ctx.progress(Math.round((doneBytes + b) / 1e6), totalMb, 'MB'),
       })) {
         if (isDir) ctx.progress(imagesSeen, undefined, 'images');

@@ -21,9 +21,6 @@ export interface ShardSettings {
   strict: boolean;
 }
 
-const isJpeg = (b: Buffer) => b.length > 2 && b[0] === 0xff && b[1] === 0xd8;
-const isPng = (b: Buffer) => b.length > 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47;
-
 export default {
   name: 'shard',
   description: 'Write letterboxed images and face targets as hash-split TFRecord shards of tf.train.Example records',
@@ -50,6 +47,7 @@ export default {
     const { ShardSet, checkShardSettings, shardMetrics } = await import('./lib/face-shards.js');
     const { encodeFaceExample } = await import('./lib/face-records.js');
     const { decodeRgb, reencode } = await import('./lib/face-images.js');
+    const { isJpeg, isPng } = await import('./lib/image-probe.js');
     type Row = import('./lib/face-rows.js').LetterboxRow;
     type Encoded = import('./lib/face-records.js').EncodedImage;
 

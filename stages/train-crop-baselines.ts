@@ -4,19 +4,12 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { StageContext, StageType } from '../runner/stage-type.js';
+import { TRAIN_STAGE_PROPERTIES, TRAIN_VOLATILE_SETTINGS, type TrainStageSettings } from './lib/train-loop.js';
 
-export interface CropTrainSettings {
+export interface CropTrainSettings extends TrainStageSettings {
   task: 'gender' | 'age';
-  steps: number;
-  batch_size: number;
-  learning_rate: number;
-  seed: number;
-  backend: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
-  threads: 'auto' | 1 | 2;
   filters: number[][];
   dense_units: number;
-  checkpoint_every: number;
-  log_every: number;
 }
 
 export const CLASSES = { gender: 2, age: 7 } as const;
@@ -87,12 +80,7 @@ export default {
     required: ['task'],
     properties: {
       task: { enum: ['gender', 'age'], description: 'which classifier this instance trains' },
-      steps: { type: 'integer', minimum: 1, default: 5000 },
-      batch_size: { type: 'integer', minimum: 1, default: 200 },
-      learning_rate: { type: 'number', exclusiveMinimum: 0, default: 0.0008 },
-      seed: { type: 'integer', default: 1 },
-      backend: { enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto' },
-      threads: { enum: ['auto', 1, 2], default: 'auto', description: 'wasm: split each batch over 2 threads; recorded, not keyed' },
+      ...TRAIN_STAGE_PROPERTIES,
       filters: {
         type: 'array',
         items: { type: 'array', minItems: 1, items: { type: 'integer', minimum: 1 } },
@@ -101,11 +89,9 @@ export default {
         description: 'conv filters per block (one 3x3 conv each in the seed); set to the grid model\'s to pretrain its backbone',
       },
       dense_units: { type: 'integer', minimum: 1, default: 64 },
-      checkpoint_every: { type: 'integer', minimum: 0, default: 500 },
-      log_every: { type: 'integer', minimum: 1, default: 10 },
     },
   },
-  volatileSettings: ['backend', 'threads'],
+  volatileSettings: TRAIN_VOLATILE_SETTINGS,
   resources: { cpu: 2, gpu: 1, memoryMb: 2048 },
   run,
 } satisfies StageType<CropTrainSettings>;

@@ -4,14 +4,9 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { StageContext, StageType } from '../runner/stage-type.js';
+import { TRAIN_STAGE_PROPERTIES, TRAIN_VOLATILE_SETTINGS, type TrainStageSettings } from './lib/train-loop.js';
 
-export interface GridTrainSettings {
-  steps: number;
-  batch_size: number;
-  learning_rate: number;
-  seed: number;
-  backend: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
-  threads: 'auto' | 1 | 2;
+export interface GridTrainSettings extends TrainStageSettings {
   filters: number[][];
   head: 'conv1x1' | 'passthrough' | 'dense';
   dense_units: number;
@@ -22,8 +17,6 @@ export interface GridTrainSettings {
   input: { size: number | null; multi_scale: boolean; scales: number[] };
   loss_weights: { conf_obj: number; conf_noobj: number; center: number; size: number; gender: number; age: number };
   class_activation: 'relu_softmax' | 'softmax';
-  checkpoint_every: number;
-  log_every: number;
 }
 
 const weight = { type: 'number', minimum: 0, default: 1 };
@@ -32,12 +25,7 @@ export const schema = {
   type: 'object',
   additionalProperties: false,
   properties: {
-    steps: { type: 'integer', minimum: 1, default: 5000, description: 'Training steps (the seed ran 5,000-step rounds)' },
-    batch_size: { type: 'integer', minimum: 1, default: 200 },
-    learning_rate: { type: 'number', exclusiveMinimum: 0, default: 0.0008, description: 'Adam learning rate' },
-    seed: { type: 'integer', default: 1, description: 'Weights initialisation and batch sampling' },
-    backend: { enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto', description: 'tfjs backend (recorded, not part of the cache key); env PIPE_TF_BACKEND when auto' },
-    threads: { enum: ['auto', 1, 2], default: 'auto', description: 'wasm: split each batch over 2 threads (auto: when the machine has 2+ cores); recorded, not keyed' },
+    ...TRAIN_STAGE_PROPERTIES,
     filters: {
       type: 'array',
       minItems: 1,
@@ -89,8 +77,6 @@ export const schema = {
       properties: { conf_obj: weight, conf_noobj: weight, center: weight, size: weight, gender: weight, age: weight },
     },
     class_activation: { enum: ['relu_softmax', 'softmax'], default: 'relu_softmax', description: 'the seed applied ReLU before softmax' },
-    checkpoint_every: { type: 'integer', minimum: 0, default: 500 },
-    log_every: { type: 'integer', minimum: 1, default: 10 },
   },
 };
 
@@ -241,7 +227,7 @@ export default {
   description: 'Train the YOLO-style grid CNN (faces + gender + age in one pass) on TFRecord shards',
   module: import.meta.url,
   schema,
-  volatileSettings: ['backend', 'threads'],
+  volatileSettings: TRAIN_VOLATILE_SETTINGS,
   resources: { cpu: 2, gpu: 1, memoryMb: 4096 },
   run,
 } satisfies StageType<GridTrainSettings>;

@@ -7,7 +7,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
-import * as tarStream from 'tar-stream';
 import type { StageContext, StageType } from '../runner/stage-type.js';
 import synthesize, { SYNTH_DEFAULTS } from '../stages/synthesize-imdb-wiki.js';
 import extract from '../stages/extract-metadata.js';
@@ -23,7 +22,7 @@ import { faceShardFiles, parseFaceExample, readFaceRecords, type FaceRecord } fr
 import { TFRecordError, readAllTFRecords } from '../stages/lib/tfrecord.js';
 import { decodeExample } from '../stages/lib/tf-example.js';
 import type { LetterboxRow, MetaImageRow } from '../stages/lib/face-rows.js';
-import { pipeSync, repoRoot, statuses, summary, writeTree, tempDirs } from './helpers.js';
+import { pipeSync, repoRoot, statuses, summary, tarBytes, writeTree, tempDirs } from './helpers.js';
 import { digestFile } from '../artifacts/digest.js';
 
 const tempDir = tempDirs('pipe-data');
@@ -84,14 +83,7 @@ async function tarMembers(file: string): Promise<Map<string, Buffer>> {
 }
 
 async function writeTar(file: string, members: Array<[string, Buffer]>): Promise<Buffer> {
-  const pack = tarStream.pack();
-  const chunks: Buffer[] = [];
-  pack.on('data', (c: unknown) => void chunks.push(c as Buffer));
-  const ended = new Promise<void>((r) => pack.on('end', () => r()));
-  for (const [name, data] of members) pack.entry({ name, mtime: new Date(0) }, data);
-  pack.finalize();
-  await ended;
-  const bytes = Buffer.concat(chunks);
+  const bytes = await tarBytes(members);
   fs.writeFileSync(file, bytes);
   return bytes;
 }

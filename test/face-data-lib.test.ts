@@ -2,13 +2,12 @@
 // the ordered window, filter rules, geometry (letterbox, crops, cells), shard assignment and the
 // record format.
 import { test } from 'node:test';
-import { tempDirs } from './helpers.js';
+import { tarBytes, tempDirs } from './helpers.js';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
-import * as tarStream from 'tar-stream';
 import { probeImage, probeJpeg, probePng } from '../stages/lib/image-probe.js';
 import { OrderedWindow, TarFileWriter, forEachWantedImage, normaliseMemberName, readArchive, readLocated, tarHeaderMismatch, type ArchiveEvent } from '../stages/lib/image-archive.js';
 import { BadItems, FILTER_RULES, firstFailedRule, jsonNumber, numberOf, readJsonl, recordedPath, type MetaImageRow } from '../stages/lib/face-rows.js';
@@ -21,18 +20,6 @@ import { cropImage, decodeRgb, letterboxImage, reencode } from '../stages/lib/fa
 const tempDir = tempDirs('pipe-facelib');
 
 const jpeg = (w: number, h: number) => sharp({ create: { width: w, height: h, channels: 3, background: { r: 200, g: 90, b: 40 } } }).jpeg().toBuffer();
-
-/** A tar made of raw 512-byte blocks by tar-stream, returned as one Buffer. */
-async function tarBytes(members: Array<[string, Buffer]>): Promise<Buffer> {
-  const pack = tarStream.pack();
-  const chunks: Buffer[] = [];
-  pack.on('data', (c: unknown) => void chunks.push(c as Buffer));
-  const ended = new Promise<void>((r) => pack.on('end', () => r()));
-  for (const [name, data] of members) pack.entry({ name, mtime: new Date(0) }, data);
-  pack.finalize();
-  await ended;
-  return Buffer.concat(chunks);
-}
 
 async function collect(source: string, want?: (n: string) => boolean): Promise<ArchiveEvent[]> {
   const out: ArchiveEvent[] = [];

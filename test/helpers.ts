@@ -5,6 +5,7 @@ import { after } from 'node:test';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import * as tarStream from 'tar-stream';
 
 /** Repository root (tests run from dist/test/). */
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -21,6 +22,18 @@ export function writeTree(root: string, files: Record<string, string>): void {
     mkdirSync(dirname(join(root, p)), { recursive: true });
     writeFileSync(join(root, p), content);
   }
+}
+
+/** A tar of these members made by tar-stream (fixed mtime), as one Buffer. */
+export async function tarBytes(members: Array<[string, Buffer]>): Promise<Buffer> {
+  const pack = tarStream.pack();
+  const chunks: Buffer[] = [];
+  pack.on('data', (c: unknown) => void chunks.push(c as Buffer));
+  const ended = new Promise<void>((r) => pack.on('end', () => r()));
+  for (const [name, data] of members) pack.entry({ name, mtime: new Date(0) }, data);
+  pack.finalize();
+  await ended;
+  return Buffer.concat(chunks);
 }
 
 export interface PipeResult {

@@ -4,6 +4,7 @@
 // bytes. sharp is imported on first use, not when this module loads.
 
 import type { CropRect, LetterboxGeometry } from './face-geometry.js';
+import { isJpeg } from './image-probe.js';
 
 export type OutputFormat = 'jpeg' | 'png';
 
@@ -46,7 +47,8 @@ function encode(img: import('sharp').Sharp, format: OutputFormat, quality: numbe
 export async function letterboxImage(data: Buffer, g: LetterboxGeometry, format: OutputFormat, quality: number): Promise<Buffer> {
   const sharp = await loadSharp();
   const [left, top] = g.pad;
-  if (left === 0 && top === 0 && isJpegData(data)) {
+  // A JPEG (as libjpeg decodes it) is 8 bits a sample, so AND 255 leaves every value as it is.
+  if (left === 0 && top === 0 && isJpeg(data)) {
     const img = sharp(data)
       .resize(g.resizedWidth, g.resizedHeight, { fit: 'fill' })
       .flatten({ background: '#000000' })
@@ -72,9 +74,6 @@ export async function letterboxImage(data: Buffer, g: LetterboxGeometry, format:
     giveCanvas(canvas);
   }
 }
-
-// JPEG (baseline or progressive as libjpeg decodes it) is always 8 bits a sample here.
-const isJpegData = (b: Buffer) => b.length > 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff;
 
 // One size×size×3 image of 255s per output size, made once and never written to.
 const paddingMasks = new Map<number, Buffer>();

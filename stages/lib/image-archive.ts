@@ -19,6 +19,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
+import { digestFile } from '../../artifacts/digest.js';
 
 export type ArchiveEvent =
   /** A regular file the caller wants, with all of its bytes; `offset` is where those bytes start
@@ -38,7 +39,8 @@ export interface ReadArchiveOptions {
   /** Called as bytes of a tar are read (running total), for progress. */
   onBytes?: (bytesSoFar: number) => void;
   /** Hash a tar's bytes as they go by (default true). Callers that get the digest from the
-   * runner's content-hash cache (StageContext.fileDigest) switch it off. */
+   * runner's content-hash cache (StageContext.fileDigest) switch it off. A directory's digest
+   * is always made: walking it reads every file anyway. */
   digest?: boolean;
 }
 
@@ -74,12 +76,6 @@ async function isGzip(file: string): Promise<boolean> {
   } finally {
     await fh.close();
   }
-}
-
-export async function digestWholeFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
 
 async function* readTar(file: string, size: number, opts: ReadArchiveOptions): AsyncGenerator<ArchiveEvent> {
@@ -149,7 +145,7 @@ async function* readTar(file: string, size: number, opts: ReadArchiveOptions): A
   } finally {
     rs.destroy();
   }
-  const sha256 = hash === null ? null : fullyRead ? hash.digest('hex') : await digestWholeFile(file);
+  const sha256 = hash === null ? null : fullyRead ? hash.digest('hex') : await digestFile(file);
   if (damaged) onBytes?.(size);
   yield { kind: 'end', sha256, bytes: size };
 }
@@ -308,7 +304,7 @@ export async function forEachWantedImage<G, R>(sources: ReadonlyArray<WantedSour
       continue;
     }
     if (src.sha256) {
-      const now = await (opts.fileDigest ?? digestWholeFile)(src.abs);
+      const now = await (opts.fileDigest ?? digestFile)(src.abs);
       if (now !== src.sha256) {
         throw new Error(`${src.archive}: the archive has changed since its rows were made ` +
           `(sha256 recorded ${src.sha256.slice(0, 12)}…, now ${now.slice(0, 12)}…); rerun extract-metadata on it`);
@@ -362,29 +358,26 @@ export type LocatedMember = { member: string; data: Buffer; problem?: undefined 
  */
 export async function* readLocated(file: string, locations: ReadonlyMap<string, MemberLocation>, members: readonly string[], signal?: AbortSignal): AsyncGenerator<LocatedMember> {
   const wanted = members.map((member) => ({ member, loc: locations.get(member)! })).sort((a, b) => a.loc.offset - b.loc.offset);
-  // Runs of members that lie close together, each read with one call.
-  const runs: Array<typeof wanted> = [];
-  for (let i = 0; i < wanted.length;) {
-    const start = wanted[i]!.loc.offset - 512;
-    let end = wanted[i]!.loc.offset + wanted[i]!.loc.size;
-    let j = i + 1;
-    for (; j < wanted.length; j++) {
-      const next = wanted[j]!.loc;
-      if (next.offset - 512 - end > READ_GAP || next.offset + next.size - start > READ_SPAN) break;
-      end = Math.max(end, next.offset + next.size);
+  // Runs of members that lie close together (headers included), each read with one call.
+  type Run = { start: number; end: number; members: typeof wanted };
+  const runs: Run[] = [];
+  for (const w of wanted) {
+    const [start, end] = [w.loc.offset - 512, w.loc.offset + w.loc.size];
+    const last = runs.at(-1);
+    if (last && start - last.end <= READ_GAP && end - last.start <= READ_SPAN) {
+      last.end = Math.max(last.end, end);
+      last.members.push(w);
+    } else {
+      runs.push({ start, end, members: [w] });
     }
-    runs.push(wanted.slice(i, j));
-    i = j;
   }
   const fh = await fsp.open(file, 'r').catch((err: Error) => {
     throw new Error(`${file}: cannot read image source: ${err.message}`);
   });
-  const readRun = async (run: typeof wanted) => {
-    const start = run[0]!.loc.offset - 512;
-    const end = Math.max(...run.map((w) => w.loc.offset + w.loc.size));
+  const readRun = async ({ start, end }: Run) => {
     const buf = Buffer.allocUnsafe(Math.max(0, end - start));
     const { bytesRead } = start >= 0 ? await fh.read(buf, 0, buf.length, start) : { bytesRead: 0 };
-    return { start, buf, bytesRead };
+    return { buf, bytesRead };
   };
   // The next run is read while the caller works on this one (file reads wait in libuv's pool
   // behind the caller's image work, so asking early hides that wait).
@@ -395,9 +388,9 @@ export async function* readLocated(file: string, locations: ReadonlyMap<string, 
       const current = await (ahead ?? readRun(runs[r]!));
       ahead = r + 1 < runs.length ? readRun(runs[r + 1]!) : null;
       ahead?.catch(() => {}); // surfaces when awaited
-      const { start, buf, bytesRead } = current;
-      for (const { member, loc } of runs[r]!) {
-        const at = loc.offset - 512 - start;
+      const { buf, bytesRead } = current;
+      for (const { member, loc } of runs[r]!.members) {
+        const at = loc.offset - 512 - runs[r]!.start;
         if (loc.offset < 512 || at + 512 + loc.size > bytesRead) {
           yield { member, problem: `the archive ends before the recorded location of its bytes (offset ${loc.offset}, ${loc.size} bytes)` };
           continue;

@@ -70,6 +70,12 @@ export function probeJpeg(buf: Uint8Array): ProbeResult {
 }
 
 const PNG_SIG = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+
+/** Starts like a JPEG file (SOI marker). */
+export const isJpeg = (buf: Uint8Array): boolean => buf.length >= 2 && buf[0] === 0xff && buf[1] === 0xd8;
+
+/** Starts with the PNG signature. */
+export const isPng = (buf: Uint8Array): boolean => buf.length >= 8 && PNG_SIG.every((b, i) => buf[i] === b);
 const IEND = [0x49, 0x45, 0x4e, 0x44];
 
 /** Parse a PNG's IHDR for its size and check that it ends with an IEND chunk. */
@@ -95,7 +101,7 @@ export function probePng(buf: Uint8Array): ProbeResult {
 
 /** Size and integrity of one encoded image. Synchronous for JPEG/PNG; other formats ask sharp. */
 export async function probeImage(buf: Uint8Array): Promise<ProbeResult> {
-  if (buf.length >= 2 && buf[0] === 0xff && buf[1] === 0xd8) return probeJpeg(buf);
+  if (isJpeg(buf)) return probeJpeg(buf);
   if (buf.length >= 8 && buf[0] === 0x89 && buf[1] === 0x50) return probePng(buf);
   if (buf.length === 0) return { format: null, width: null, height: null, problem: 'corrupt', detail: 'empty file' };
   try {

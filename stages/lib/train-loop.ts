@@ -40,9 +40,36 @@ export interface TrainLoopOptions<Term extends string> {
   parallel?: { recipe: import('./train-recipes.js').Recipe; backend: string };
 }
 
+/** The settings every training stage has (the loop's, the optimiser's, where it runs). */
+export interface TrainStageSettings {
+  steps: number;
+  batch_size: number;
+  learning_rate: number;
+  seed: number;
+  backend: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
+  threads: 'auto' | 1 | 2;
+  checkpoint_every: number;
+  log_every: number;
+}
+
+/** Their JSON Schema properties; a stage adds its own next to them. */
+export const TRAIN_STAGE_PROPERTIES = {
+  steps: { type: 'integer', minimum: 1, default: 5000, description: 'Training steps (the seed ran 5,000-step rounds)' },
+  batch_size: { type: 'integer', minimum: 1, default: 200 },
+  learning_rate: { type: 'number', exclusiveMinimum: 0, default: 0.0008, description: 'Adam learning rate' },
+  seed: { type: 'integer', default: 1, description: 'Weights initialisation and batch sampling' },
+  backend: { enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto', description: 'tfjs backend (recorded, not part of the cache key); env PIPE_TF_BACKEND when auto' },
+  threads: { enum: ['auto', 1, 2], default: 'auto', description: 'wasm: split each batch over 2 threads (auto: when the machine has 2+ cores); recorded, not keyed' },
+  checkpoint_every: { type: 'integer', minimum: 0, default: 500 },
+  log_every: { type: 'integer', minimum: 1, default: 10 },
+};
+
+/** Where a model trains never changes what it is: recorded in the manifest, not keyed. */
+export const TRAIN_VOLATILE_SETTINGS = ['backend', 'threads'] as const;
+
 /** The options every training stage passes the same way, from its context and settings. */
 export function stageLoopOptions(
-  ctx: import('../../runner/stage-type.js').StageContext<{ checkpoint_every: number; log_every: number }>,
+  ctx: import('../../runner/stage-type.js').StageContext<Pick<TrainStageSettings, 'checkpoint_every' | 'log_every'>>,
 ): Pick<TrainLoopOptions<string>, 'stateDir' | 'checkpointEvery' | 'logEvery' | 'signal' | 'progress' | 'log'> {
   return {
     stateDir: ctx.stateDir,
